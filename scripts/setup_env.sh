@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One-command, idempotent environment for threeam on a machine without a system ROS 2.
+# The venv lives outside the clone, keyed by the hash of the lock files, so a second run is a no-op
+# and a changed pin gives a fresh venv. The interfaces package is rebuilt when its sources change.
+#   bash scripts/setup_env.sh            # install if needed; prints the venv path on the last line
+#   bash scripts/setup_env.sh --path     # print the venv path only (no install)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${THREEAM_CACHE:-$HOME/.cache/threeam}
+py=${THREEAM_PYTHON:-python3}
+
+lock_hash=$(cat "$repo"/requirements/*.txt "$repo/scripts/fix_ros_cmake_paths.py" | sha256sum | cut -c1-16)
+gpu=cpu
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu=cuda; fi
+venv="$cache/venv-$gpu-$lock_hash"
+if [ "${1:-}" = "--path" ]; then echo "$venv"; exit 0; fi
+
+log() { echo "[setup_env] $*" >&2; }
+mkdir -p "$cache"
+exec 9>"$cache/.lock"; flock 9   # two concurrent installs must not share a half-built venv
+
+if [ ! -f "$venv/.complete" ]; then
+  log "creating $venv"
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+  "${pip[@]}" --upgrade "pip==25.3" "setuptools==80.9.0" "wheel==0.45.1"
+  if [ "$gpu" = cuda ]; then
+    # A GPU host takes the CUDA build of the same torch release from the PyTorch index.
+    "${pip[@]}" -r "$repo/requirements/torch.txt" --index-url https://download.pytorch.org/whl/cu128 \
+      || "${pip[@]}" -r "$repo/requirements/torch.txt"
+  else
+    "${pip[@]}" -r "$repo/requirements/torch.txt"
+  fi
+  "${pip[@]}" -r "$repo/requirements/python.txt"
+  # sam2 after torch, without its declared deps (they would pull a CUDA torch) and without building its CUDA op.
+  SAM2_BUILD_CUDA=0 "${pip[@]}" --no-deps --no-build-isolation -r "$repo/requirements/sam2.txt"
+  "${pip[@]}" -r "$repo/requirements/ros.txt"
+  "$venv/bin/python" "$repo/scripts/fix_ros_cmake_paths.py" "$venv"
+  touch "$venv/.complete"
+  log "venv ready"
+fi
+
+# threeam_interfaces: ament_cmake package, built with the venv's rosidl generators and installed into the venv prefix.
+iface_hash=$(find "$repo/threeam_interfaces" -type f | sort | xargs cat | sha256sum | cut -c1-16)
+if [ ! -f "$venv/.interfaces-$iface_hash" ]; then
+  log "building threeam_interfaces"
+  build="$cache/build-interfaces-$gpu-$lock_hash"
+  rm -rf "$build"
+  (
+    export PATH="$venv/bin:$PATH" AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
+    cmake -S "$repo/threeam_interfaces" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" \
+      -DPython3_EXECUTABLE="$venv/bin/python" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release >"$build.log" 2>&1 \
+    && cmake --build "$build" -j "$(nproc)" >>"$build.log" 2>&1 \
+    && cmake --install "$build" >>"$build.log" 2>&1
+  ) || { tail -50 "$build.log" >&2; log "threeam_interfaces build failed (full log: $build.log)"; exit 1; }
+  rm -f "$venv"/.interfaces-*
+  touch "$venv/.interfaces-$iface_hash"
+fi
+# The package itself, editable, so console scripts point at this clone.
+if [ "$(cat "$venv/.editable-src" 2>/dev/null)" != "$repo" ]; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$repo"
+  echo "$repo" >"$venv/.editable-src"
+fi
+echo "$venv"

@@ -1,0 +1,231 @@
+"""The one interface between a tracking model and its users (ROS node, CLI, benchmarks).
+
+Both the plain streaming SAM 2 predictor and the 3AM tracker implement `Tracker`, so a user of it never knows
+which one it drives. Input checks live here too, so every implementation refuses bad input the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+
+class TrackerInputError(ValueError):
+    """Input the tracker cannot act on. The message says what was wrong and what to send instead."""
+
+
+class FrameError(TrackerInputError):
+    """A frame that cannot be tracked: wrong shape or dtype, empty, or a size change mid-stream."""
+
+
+class PromptError(TrackerInputError):
+    """A prompt or object request that cannot be applied: unknown id, point outside the image, bad mask..."""
+
+
+@dataclasses.dataclass
+class ObjectResult:
+    """One object on one frame, at the frame's own resolution."""
+
+    obj_id: int
+    mask: np.ndarray  # (H, W) bool
+    mask_logits: np.ndarray  # (H, W) float32, the model's logits upsampled to the frame (mask = logits > 0)
+    score: float  # object presence probability in [0, 1]
+    visible: bool  # mask is non-empty
+    box: tuple[int, int, int, int] | None  # (x_min, y_min, x_max, y_max), inclusive pixel bounds; None if not visible
+    reacquired: bool = False  # set when geometric re-identification re-prompted this object on this frame
+
+    @classmethod
+    def from_logits(cls, obj_id: int, logits: np.ndarray, score: float, reacquired: bool = False) -> "ObjectResult":
+        logits = np.asarray(logits, dtype=np.float32)
+        mask = logits > 0
+        return cls(obj_id, mask, logits, float(score), bool(mask.any()), mask_box(mask), reacquired)
+
+
+@dataclasses.dataclass
+class FrameResult:
+    """Everything a tracker says about one frame."""
+
+    frame_index: int
+    image_size: tuple[int, int]  # (H, W)
+    objects: dict[int, ObjectResult]
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # stage name -> seconds
+
+    def label_image(self, dtype=np.uint16) -> np.ndarray:
+        """(H, W) image with each pixel set to the id of the object covering it (0 = background).
+
+        Where masks overlap, the object with the higher logit at that pixel wins.
+        """
+        h, w = self.image_size
+        labels = np.zeros((h, w), dtype=dtype)
+        best = np.full((h, w), -np.inf, dtype=np.float32)
+        for obj_id, obj in sorted(self.objects.items()):
+            take = obj.mask & (obj.mask_logits > best)
+            labels[take] = obj_id
+            best[take] = obj.mask_logits[take]
+        return labels
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+class Tracker(abc.ABC):
+    """Frame-by-frame, many-object tracker. Prompts apply to the current (last tracked) frame."""
+
+    @abc.abstractmethod
+    def track(self, frame: np.ndarray) -> FrameResult:
+        """Track every object on a new (H, W, 3) uint8 RGB frame."""
+
+    @abc.abstractmethod
+    def add_prompt(
+        self,
+        obj_id: int,
+        points: np.ndarray | Sequence[Sequence[float]] | None = None,
+        labels: np.ndarray | Sequence[int] | None = None,
+        box: np.ndarray | Sequence[float] | None = None,
+        mask: np.ndarray | None = None,
+    ) -> ObjectResult:
+        """Prompt `obj_id` on the current frame: a new id starts a track, an existing one is refined.
+
+        points: (N, 2) pixel (x, y); labels: (N,) 1 positive / 0 negative; box: (x0, y0, x1, y1) pixels;
+        mask: (H, W) bool-like at frame size. Raises PromptError on anything it cannot use.
+        """
+
+    @abc.abstractmethod
+    def remove_object(self, obj_id: int) -> None:
+        """Forget one object; the others are untouched. Raises PromptError for an unknown id."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget every object and all memory; the next frame starts a new stream (any size)."""
+
+    @property
+    @abc.abstractmethod
+    def object_ids(self) -> list[int]:
+        """Ids of the tracked objects, sorted."""
+
+    @property
+    @abc.abstractmethod
+    def frame_index(self) -> int:
+        """Index of the current frame in this stream (-1 before the first frame)."""
+
+
+# ----------------------------------------------------------------------------------------------- input checks
+
+
+def check_frame(frame: np.ndarray, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate an RGB frame; returns it as a C-contiguous (H, W, 3) uint8 array."""
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise FrameError(f"frame must be (H, W, 3) RGB, got shape {tuple(frame.shape)}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise FrameError(f"frame is empty: shape {tuple(frame.shape)}")
+    if frame.dtype != np.uint8:
+        raise FrameError(f"frame must be uint8, got {frame.dtype}")
+    if expected_size is not None and tuple(frame.shape[:2]) != tuple(expected_size):
+        raise FrameError(
+            f"frame size changed mid-stream from {expected_size[1]}x{expected_size[0]} to "
+            f"{frame.shape[1]}x{frame.shape[0]} (WxH); call reset() to start a new stream"
+        )
+    return np.ascontiguousarray(frame)
+
+
+def check_prompt(
+    image_size: tuple[int, int],
+    points=None,
+    labels=None,
+    box=None,
+    mask=None,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate a prompt against an (H, W) frame.
+
+    Returns (points (N,2) float32, labels (N,) int32, box (4,) float32, mask (H,W) bool), each None if absent.
+    """
+    h, w = image_size
+    if points is None and box is None and mask is None:
+        raise PromptError("a prompt needs at least one of: points, box, mask")
+    if mask is not None and (points is not None or box is not None):
+        raise PromptError("a mask prompt cannot be combined with points or a box; send them separately")
+
+    pts = lab = bx = m = None
+    if points is not None:
+        pts = _finite_array(points, "points").reshape(-1, 2) if np.size(points) else np.zeros((0, 2), np.float32)
+        if np.size(points) and np.asarray(points).size % 2:
+            raise PromptError(f"points must be (x, y) pairs, got {np.asarray(points).size} numbers")
+        if labels is None:
+            lab = np.ones(len(pts), np.int32)
+        else:
+            lab = np.asarray(labels).reshape(-1)
+            if lab.shape[0] != pts.shape[0]:
+                raise PromptError(f"{pts.shape[0]} points but {lab.shape[0]} labels")
+            if not np.isin(lab, (0, 1)).all():
+                raise PromptError(f"point labels must be 1 (object) or 0 (background), got {lab.tolist()}")
+            lab = lab.astype(np.int32)
+        for x, y in pts:
+            if not (0 <= x < w and 0 <= y < h):
+                raise PromptError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} image")
+        if pts.shape[0] == 0:
+            pts = lab = None
+            if box is None:
+                raise PromptError("points is empty and no box was given")
+    if box is not None:
+        bx = _finite_array(box, "box").reshape(-1)
+        if bx.shape[0] != 4:
+            raise PromptError(f"box must be [x_min, y_min, x_max, y_max], got {bx.shape[0]} numbers")
+        x0, y0, x1, y1 = bx.tolist()
+        if not (x1 > x0 and y1 > y0):
+            raise PromptError(f"box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is empty or inverted (need x_max > x_min, y_max > y_min)")
+        if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+            raise PromptError(f"box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] lies outside the {w}x{h} image")
+        bx = np.array([max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)], np.float32)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.ndim == 3 and m.shape[2] == 1:
+            m = m[..., 0]
+        if m.ndim != 2 or tuple(m.shape) != (h, w):
+            raise PromptError(f"mask must be (H, W) = ({h}, {w}) like the frame, got shape {tuple(m.shape)}")
+        if m.dtype.kind == "f" and not np.isfinite(m).all():
+            raise PromptError("mask holds NaN or infinite values")
+        m = m > 0
+        if not m.any():
+            raise PromptError("mask is empty (no non-zero pixel); use remove_object to drop an object")
+    return pts, lab, bx, m
+
+
+def check_obj_id(obj_id) -> int:
+    if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)):
+        raise PromptError(f"object id must be an integer, got {obj_id!r}")
+    if not 1 <= int(obj_id) <= 65535:
+        raise PromptError(f"object id must be in 1..65535 (0 is background), got {obj_id}")
+    return int(obj_id)
+
+
+def _finite_array(values, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"{name} must be numbers: {exc}") from None
+    if not np.isfinite(arr).all():
+        raise PromptError(f"{name} hold NaN or infinite values: {arr.reshape(-1).tolist()}")
+    return arr.astype(np.float32)
+
+
+__all__ = [
+    "FrameError",
+    "FrameResult",
+    "ObjectResult",
+    "PromptError",
+    "Tracker",
+    "TrackerInputError",
+    "check_frame",
+    "check_obj_id",
+    "check_prompt",
+    "mask_box",
+]
