@@ -1,0 +1,1 @@
+"""Training and demo data: procedural synthetic scenes, dataset readers, and frame sampling."""
