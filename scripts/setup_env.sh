@@ -4,6 +4,7 @@
 # and a changed pin gives a fresh venv. The interfaces package is rebuilt when its sources change.
 #   bash scripts/setup_env.sh            # install if needed; prints the venv path on the last line
 #   bash scripts/setup_env.sh --path     # print the venv path only (no install)
+#   bash scripts/setup_env.sh --colcon   # also a separate colcon venv (for test/test_colcon_build.py); prints its path
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${THREEAM_CACHE:-$HOME/.cache/threeam}
@@ -13,6 +14,7 @@ lock_hash=$(cat "$repo"/requirements/*.txt "$repo/scripts/fix_ros_cmake_paths.py
 gpu=cpu
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu=cuda; fi
 venv="$cache/venv-$gpu-$lock_hash"
+colcon_venv="$cache/colcon-$(sha256sum "$repo/requirements/colcon/colcon.txt" | cut -c1-16)"
 if [ "${1:-}" = "--path" ]; then echo "$venv"; exit 0; fi
 
 log() { echo "[setup_env] $*" >&2; }
@@ -39,6 +41,18 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" "$repo/scripts/fix_ros_cmake_paths.py" "$venv"
   touch "$venv/.complete"
   log "venv ready"
+fi
+
+if [ "${1:-}" = "--colcon" ]; then
+  if [ ! -f "$colcon_venv/.complete" ]; then
+    log "creating $colcon_venv"
+    rm -rf "$colcon_venv"
+    "$py" -m venv "$colcon_venv"
+    "$colcon_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$repo/requirements/colcon/colcon.txt"
+    touch "$colcon_venv/.complete"
+  fi
+  echo "$colcon_venv"
+  exit 0
 fi
 
 # threeam_interfaces: ament_cmake package, built with the venv's rosidl generators and installed into the venv prefix.

@@ -5,5 +5,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$repo/scripts/setup_env.sh" | tail -n 1)
+# colcon lives in a venv of its own; made here because the tests run without network.
+THREEAM_COLCON_VENV=$(bash "$repo/scripts/setup_env.sh" --colcon | tail -n 1)
+export THREEAM_COLCON_VENV
 cd "$repo"
 exec bash "$repo/scripts/isolated.sh" "$venv/bin/python" -m pytest "$@"
