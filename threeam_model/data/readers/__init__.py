@@ -1,6 +1,8 @@
 """Dataset readers: each turns one scene / video on disk into a `VideoSource` of `Frame`s."""
 
+from threeam_model.data.readers.ase import ASEScene
 from threeam_model.data.readers.mose import MoseVideo, davis_palette, read_annotation
+from threeam_model.data.readers.scannetpp import ScanNetPPScene
 from threeam_model.data.readers.synthetic import SyntheticScene
 
-__all__ = ["MoseVideo", "SyntheticScene", "davis_palette", "read_annotation"]
+__all__ = ["ASEScene", "MoseVideo", "ScanNetPPScene", "SyntheticScene", "davis_palette", "read_annotation"]
