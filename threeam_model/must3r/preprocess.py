@@ -37,7 +37,7 @@ class Preprocessed:
 
 def normalize(frame: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB -> (3, H, W) float32, (x/255 - 0.5)/0.5."""
-    t = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div(255)
+    t = torch.tensor(frame).permute(2, 0, 1).float().div(255)
     return (t - 0.5) / 0.5
 
 
