@@ -6,12 +6,11 @@ import torch
 from threeam_model.merger import (
     FeatureMerger,
     MergerConfig,
-    RoPE2D,
-    rays_from_local_pointmap,
     resample_to_sam_grid,
     sam_grid_sample_coords,
     token_positions,
 )
+from threeam_model.must3r.postprocess import pinhole_rays
 
 TINY = MergerConfig(enc_dim=48, dec_dim=32, sam_dim=24, num_heads=2, mlp_ratio=2.0, patch_size=4)
 
@@ -21,13 +20,12 @@ def _inputs(cfg=TINY, grid=(3, 5), sam_grid=(8, 8), b=1, seed=0):
     h, w = grid
     n = h * w
     p = cfg.patch_size
-    pts_local = torch.randn(b, h * p, w * p, 3, generator=g) + torch.tensor([0.0, 0.0, 3.0])
     return dict(
         sam_feat=torch.randn(b, cfg.sam_dim, *sam_grid, generator=g),
         enc_tokens=torch.randn(b, n, cfg.enc_dim, generator=g),
         layer_feats={i: torch.randn(b, n, cfg.dec_dim, generator=g) for i in cfg.merge_layers},
         pts3d=torch.randn(b, h * p, w * p, 3, generator=g) * 5,
-        rays=rays_from_local_pointmap(pts_local),
+        rays=pinhole_rays(h * p, w * p, focal=10.0).expand(b, -1, -1, -1),
         token_grid=grid,
         image_size=(48, 80),
         crop_box=(8.0, 0.0, 72.0, 48.0),
@@ -174,24 +172,6 @@ def test_sam_cells_sample_the_same_image_point(image_size, crop_box, grid):
         assert not inside.all() and inside.any()
 
 
-def test_rays_are_unit_directions_of_the_camera_frame_points():
-    pts = torch.tensor([[0.0, 0.0, 2.0], [3.0, 4.0, 0.0]])
-    torch.testing.assert_close(rays_from_local_pointmap(pts), torch.tensor([[0.0, 0.0, 1.0], [0.6, 0.8, 0.0]]))
-
-
-def test_rope_scores_depend_only_on_relative_position():
-    rope = RoPE2D(100.0)
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 1, 1, 16, generator=g).expand(1, 1, 2, 16)
-    k = torch.randn(1, 1, 1, 16, generator=g).expand(1, 1, 2, 16)
-    pos_a = torch.tensor([[2, 3], [5, 1]])
-    pos_b = pos_a + torch.tensor([4, 7])  # same offset between the two tokens
-    qa, ka = rope(q, pos_a), rope(k, pos_a)
-    qb, kb = rope(q, pos_b), rope(k, pos_b)
-    sa = (qa[..., 0, :] * ka[..., 1, :]).sum()
-    sb = (qb[..., 0, :] * kb[..., 1, :]).sum()
-    torch.testing.assert_close(sa, sb)
-    # and the rotation preserves norms but really moves the vector
-    torch.testing.assert_close(qa.norm(dim=-1), q.norm(dim=-1))
-    assert not torch.allclose(qa[..., 0, :], qa[..., 1, :])
-    assert token_positions((2, 3)).tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
+def test_token_positions_are_row_major():
+    assert token_positions((2, 3)).tolist() == [[[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]]
+    assert token_positions((2, 3), batch=2).shape == (2, 6, 2)

@@ -11,13 +11,14 @@ Data flow for one frame (B = batch, N = h*w MUSt3R tokens):
     F_merged = F_2D + ConvBlock([F_2D, F])                     the block's last conv starts at zero
 
 Choices the paper leaves open, made here:
-- PE3D input: MUSt3R's pointmap in its shared (first keyframe) frame, which is what makes positions agree across
-  views, plus the per-pixel unit ray direction in the camera frame. MUSt3R has no ray output; the ray is derived from
-  its camera-frame pointmap, ray = X_cam / |X_cam| (see `rays_from_local_pointmap`). Coordinates go through
-  sign(x) * log1p(|x|) so the arbitrary scene scale cannot blow up the embedding. Each patch of p x p pixels is
-  flattened and embedded by a two-layer MLP, one token per MUSt3R token.
-- PE2D: 2D rotary embedding on the (row, col) token position, as in MUSt3R/CroCo (`RoPE2D`, base 100), applied to
-  queries and keys of every attention (self and cross; both sides share the same token grid).
+- PE3D input: MUSt3R's pointmap in its shared world frame (the reference camera's), which is what makes positions
+  agree across views, plus the per-pixel unit ray direction in the camera frame. MUSt3R has no ray output; the ray
+  map is derived from its focal estimate: the rays of a pinhole camera with MUSt3R's running sequence focal and the
+  principal point at the image centre (`Must3rFrame.rays`, from `must3r.postprocess.pinhole_rays`). Point
+  coordinates go through sign(x) * log1p(|x|) so the arbitrary scene scale cannot blow up the embedding. Each p x p
+  pixel patch is flattened and embedded by a two-layer MLP: one PE3D vector per MUSt3R token.
+- PE2D: MUSt3R's own 2D rotary embedding (`must3r.blocks.RoPE2D`, base 100) on the (row, col) token position,
+  applied to queries and keys of every attention (self and cross; both sides share the token grid).
 - Grid mapping: SAM 2 squashes the whole frame to a square; MUSt3R resizes and centre-crops it. Each SAM 2 cell
   centre is taken to original frame pixels, then into MUSt3R's crop, and the MUSt3R feature is sampled bilinearly
   there. Cells outside the crop (the strip MUSt3R cut away) get a learned fill vector, initialised to zero.
@@ -34,6 +35,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from threeam_model.must3r.blocks import RoPE2D
 
 # ------------------------------------------------------------------------------------------------ configuration
 
@@ -82,43 +85,11 @@ class MergerConfig:
 # ---------------------------------------------------------------------------------------------- positional codes
 
 
-class RoPE2D(nn.Module):
-    """2D rotary position embedding: half the head width rotates with the token row, half with the column."""
-
-    def __init__(self, base: float = 100.0):
-        super().__init__()
-        self.base = float(base)
-
-    def _cos_sin(self, pos: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = 1.0 / (self.base ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim))
-        angles = pos.to(torch.float32)[..., None] * inv_freq  # (N, dim/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (N, dim)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-    @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x: (B, heads, N, Dh); pos: (N, 2) integer (row, col)."""
-        half = x.shape[-1] // 2
-        cos_y, sin_y = self._cos_sin(pos[:, 0], half, x.dtype)
-        cos_x, sin_x = self._cos_sin(pos[:, 1], half, x.dtype)
-        xy, xx = x[..., :half], x[..., half:]
-        return torch.cat([self._rotate(xy, cos_y, sin_y), self._rotate(xx, cos_x, sin_x)], dim=-1)
-
-
-def token_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
-    """(h*w, 2) integer (row, col) of each token of an h x w grid, row-major like MUSt3R's tokens."""
+def token_positions(grid: tuple[int, int], batch: int = 1, device=None) -> torch.Tensor:
+    """(batch, h*w, 2) integer (row, col) of each token of an h x w grid, row-major like MUSt3R's tokens."""
     h, w = grid
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    return torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=-1)
-
-
-def rays_from_local_pointmap(pts3d_local: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Unit ray direction per pixel from a camera-frame pointmap (..., 3): the camera sits at the origin."""
-    return pts3d_local / pts3d_local.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=-1).expand(batch, -1, -1)
 
 
 class PointRayEmbed(nn.Module):
@@ -325,7 +296,7 @@ class FeatureMerger(nn.Module):
                 f"MUSt3R features of decoder layers {missing} are missing (got {sorted(layer_feats)}); "
                 f"run MUSt3R with feat_layers including {list(cfg.merge_layers)}"
             )
-        pos = token_positions(token_grid, enc_tokens.device)
+        pos = token_positions(token_grid, b, enc_tokens.device)
         x = enc_tokens.transpose(1, 2).reshape(b, -1, h, w)
         x = self.enc_proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
         pe3d = self.pe3d(pts3d, rays, token_grid)
@@ -358,8 +329,6 @@ class FeatureMerger(nn.Module):
 __all__ = [
     "FeatureMerger",
     "MergerConfig",
-    "RoPE2D",
-    "rays_from_local_pointmap",
     "resample_to_sam_grid",
     "sam_grid_sample_coords",
     "token_positions",
