@@ -3,6 +3,14 @@
 from threeam_model.data.readers.ase import ASEScene
 from threeam_model.data.readers.mose import MoseVideo, davis_palette, read_annotation
 from threeam_model.data.readers.scannetpp import ScanNetPPScene
-from threeam_model.data.readers.synthetic import SyntheticScene
+from threeam_model.data.readers.synthetic import RenderedScene, SyntheticScene
 
-__all__ = ["ASEScene", "MoseVideo", "ScanNetPPScene", "SyntheticScene", "davis_palette", "read_annotation"]
+__all__ = [
+    "ASEScene",
+    "MoseVideo",
+    "RenderedScene",
+    "ScanNetPPScene",
+    "SyntheticScene",
+    "davis_palette",
+    "read_annotation",
+]

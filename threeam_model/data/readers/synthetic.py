@@ -61,3 +61,34 @@ class SyntheticScene(VideoSource):
         depth = self._read("depth", i).astype(np.float32) / self.depth_scale
         instance = self._read("instance", i).astype(np.int64)
         return Frame(i, rgb, instance, depth, self.K.copy(), self.poses[i].copy())
+
+
+class RenderedScene(VideoSource):
+    """The same scene held in memory: wraps the dict returned by `render_scene` (tests, demos, tiny training)."""
+
+    dataset = "synthetic"
+
+    def __init__(self, scene: dict, name: str | None = None):
+        self.scene = scene
+        self._name = name or f"synthetic-{scene['meta']['seed']}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __len__(self) -> int:
+        return len(self.scene["poses"])
+
+    @property
+    def has_geometry(self) -> bool:
+        return True
+
+    @property
+    def object_ids(self) -> list[int]:
+        return [int(o["id"]) for o in self.scene["objects"]]
+
+    def frame(self, index: int, with_rgb: bool = True) -> Frame:
+        i = self.check_index(index)
+        s = self.scene
+        rgb = s["rgb"][i] if with_rgb else np.zeros((0, 0, 3), np.uint8)
+        return Frame(i, rgb, s["instance"][i].astype(np.int64), s["depth"][i], s["K"].copy(), s["poses"][i].copy())
