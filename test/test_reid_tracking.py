@@ -1,0 +1,248 @@
+"""Geometric re-identification on rendered scenes with exact depth and poses.
+
+Scenes are placed by hand (objects, camera path) and rendered by the procedural generator's ray caster, so every
+frame has exact depth, intrinsics, pose and instance ids. The base tracker is `LossyOracleTracker`: perfect while it
+follows an object, lost for good once the object leaves the view, and it follows whatever instance a prompt points
+at. So these tests judge only the re-identification's own decisions: when it prompts, and where.
+"""
+
+import numpy as np
+import pytest
+
+from threeam_model.data.synthetic import intrinsics, look_at, render_frame
+from threeam_model.reid import GeometricReID, ReIDConfig, RGBDGeometry
+from threeam_model.reid.oracle import LossyOracleTracker
+from threeam_model.reid.reid import OCCLUDED, OUT_OF_VIEW, VISIBLE
+
+W, H = 160, 120
+K = intrinsics(W, H, 70.0)
+_CHECKER = {"pattern": "checker", "scale": 0.5}
+ROOM = {
+    "half_extent": 6.0,
+    "height": 3.0,
+    "textures": [dict(_CHECKER, colors=[[90 + 30 * k, 120, 160 - 20 * k]] * 2 + [[60, 60, 60]]) for k in range(6)],
+}
+
+
+def _box(obj_id, x, y, size=(0.5, 0.5, 0.6), yaw=0.3, colors=((200, 40, 40), (40, 200, 40), (40, 40, 200))):
+    tex = {"pattern": "checker", "colors": [list(c) for c in colors], "scale": 0.1}
+    return {"id": obj_id, "shape": "box", "center": [x, y, size[2] / 2], "size": list(size), "yaw": yaw, "texture": tex}
+
+
+def _render(poses, objects_per_frame):
+    frames = [render_frame(p, K, W, H, objs, ROOM) for p, objs in zip(poses, objects_per_frame)]
+    rgb, depth, inst = (np.stack(x) for x in zip(*frames))
+    return rgb, depth, inst
+
+
+def _yaw_pose(position, yaw_deg, target_height=0.3):
+    """Camera at `position` looking horizontally-ish towards +y rotated by yaw (positive = to the right)."""
+    a = np.deg2rad(yaw_deg)
+    direction = np.array([np.sin(a), np.cos(a)])
+    target = np.array([*(np.asarray(position[:2]) + 3.0 * direction), target_height])
+    return look_at(np.asarray(position, float), target)
+
+
+def _run(rgb, depth, inst, poses, obj_gt=1, config=None, lose_below=20, start=0, switch_at=None):
+    """Prompt object 1 with its GT mask on `start`, track the rest; returns (tracker, results, base)."""
+    base = LossyOracleTracker(lambda i: inst[start + i], lose_below=lose_below)
+    geometry = RGBDGeometry()
+    tracker = GeometricReID(base, geometry, config or ReIDConfig())
+    results = []
+    for t in range(start, len(rgb)):
+        if switch_at is not None and t == switch_at[0]:
+            base.switch(1, switch_at[1])
+        geometry.set_next(depth[t], K, poses[t])
+        res = tracker.track(rgb[t])
+        if t == start:
+            res.objects[1] = tracker.add_prompt(1, mask=inst[t] == obj_gt)
+        results.append(res)
+    return tracker, results, base
+
+
+def _events_by_frame(tracker):
+    out = {}
+    for e in tracker.events:
+        out.setdefault(e.frame_index, []).append(e)
+    return out
+
+
+def _first_return(visible_px, min_px):
+    """First frame where the object is back (>= min_px) after having been absent (< 1 px)."""
+    gone = False
+    for t, n in enumerate(visible_px):
+        if n == 0:
+            gone = True
+        elif gone and n >= min_px:
+            return t
+    return None
+
+
+def _assert_prompt_inside(event, gt_mask):
+    (x, y) = event.points[event.labels == 1][0]
+    assert gt_mask[int(y), int(x)], f"prompt point ({x}, {y}) lies outside the ground-truth mask"
+
+
+def test_object_leaves_view_and_returns_from_the_other_side_is_reacquired():
+    # the camera stands still and turns right a full turn: the box leaves over the left edge, comes back from the right
+    position = (0.0, -3.0, 1.2)
+    yaws = np.arange(0, 361, 10.0)
+    poses = np.stack([_yaw_pose(position, a) for a in yaws])
+    rgb, depth, inst = _render(poses, [[_box(1, 0.0, 0.0)]] * len(poses))
+    px = (inst == 1).sum(axis=(1, 2))
+    assert px[0] > 500 and (px[8:28] == 0).all(), "the scene no longer has the object leave the view"
+
+    tracker, results, base = _run(rgb, depth, inst, poses)
+    ret = _first_return(px, 1)
+    events = _events_by_frame(tracker)
+    prompts = [t for t in events]
+    assert prompts, "the returning object was never re-acquired"
+    first = prompts[0]
+    assert ret <= first <= ret + 2, f"object back on frame {ret}, first re-acquisition on {first}"
+    (event,) = events[first]
+    assert event.kind == "reacquire"
+    _assert_prompt_inside(event, inst[first] == 1)
+    assert results[first].objects[1].reacquired
+    assert results[first].objects[1].visible
+    # while the object was away nothing was prompted, and after the return it is followed to the end
+    assert all(t >= ret for t in prompts)
+    assert base.following(1) == 1
+    assert all(not r.objects[1].reacquired for i, r in enumerate(results) if i not in events)
+    assert np.array_equal(results[-1].objects[1].mask, inst[-1] == 1)
+
+
+def test_object_returns_seen_from_its_other_side_is_reacquired():
+    # the camera circles the box (half an orbit) while looking away from it, then looks back: the box returns with
+    # the side it never showed before facing the camera
+    n = 19
+    theta = np.deg2rad(np.linspace(-90, 90, n))  # camera angle around the box, from -y to +y
+    pan = np.concatenate([np.linspace(0, 80, 5), np.full(n - 10, 80.0), np.linspace(80, 0, 5)])
+    poses = []
+    for th, p in zip(theta, pan):
+        pos = np.array([2.8 * np.sin(th), -2.8 * np.cos(th), 1.2])
+        a = np.arctan2(-pos[0], -pos[1]) + np.deg2rad(p)  # towards the box, turned by the pan
+        poses.append(look_at(pos, np.array([pos[0] + 3 * np.sin(a), pos[1] + 3 * np.cos(a), 0.3])))
+    poses = np.stack(poses)
+    box = _box(1, 0.0, 0.0, size=(0.5, 0.5, 0.6), yaw=0.0)
+    rgb, depth, inst = _render(poses, [[box]] * n)
+    px = (inst == 1).sum(axis=(1, 2))
+    ret = _first_return(px, 1)
+    assert px[0] > 300 and ret is not None and ret > 6, "the scene no longer has the object leave and come back"
+
+    tracker, results, base = _run(rgb, depth, inst, poses)
+    events = _events_by_frame(tracker)
+    assert events, "the object seen from its other side was never re-acquired"
+    first = min(events)
+    assert ret <= first <= ret + 2, f"object back on frame {ret}, first re-acquisition on {first}"
+    _assert_prompt_inside(events[first][0], inst[first] == 1)
+    assert base.following(1) == 1 and results[-1].objects[1].visible
+
+
+def test_object_that_stays_out_of_view_is_not_prompted():
+    position = (0.0, -3.0, 1.2)
+    yaws = np.concatenate([np.arange(0, 181, 15.0), np.full(10, 180.0)])
+    poses = np.stack([_yaw_pose(position, a) for a in yaws])
+    rgb, depth, inst = _render(poses, [[_box(1, 0.0, 0.0)]] * len(poses))
+    assert ((inst[5:] == 1).sum(axis=(1, 2)) == 0).all()
+
+    tracker, results, _ = _run(rgb, depth, inst, poses)
+    assert not tracker.events
+    assert not any(r.objects[1].visible for r in results[5:])
+    assert tracker.view(1).state == OUT_OF_VIEW
+    assert len(tracker.anchor(1)) >= ReIDConfig().min_anchor_voxels  # the anchor is kept while away
+
+
+def test_occluded_object_is_not_prompted_until_it_comes_out():
+    # the camera slides sideways; a wide pillar between it and the box hides the box for a while
+    xs = np.linspace(-1.6, 1.6, 17)
+    poses = np.stack([look_at(np.array([x, -3.5, 1.2]), np.array([x * 0.3, 0.0, 0.3])) for x in xs])
+    pillar = _box(9, 0.0, -1.6, size=(1.0, 0.3, 2.5), yaw=0.0, colors=((120, 120, 120),) * 3)
+    rgb, depth, inst = _render(poses, [[_box(1, 0.0, 0.0), pillar]] * len(poses))
+    px = (inst == 1).sum(axis=(1, 2))
+    hidden = np.flatnonzero(px == 0)
+    assert px[0] > 300 and len(hidden) >= 3 and hidden.max() < len(px) - 2, "the pillar no longer hides the box"
+
+    tracker, results, _ = _run(rgb, depth, inst, poses)
+    events = _events_by_frame(tracker)
+    assert not any(t in events for t in hidden), f"prompted while fully hidden: {sorted(events)}"
+    # while hidden, the anchor is in view but behind the pillar
+    states = {}
+    g = RGBDGeometry()
+    probe = GeometricReID(LossyOracleTracker(lambda i: inst[i]), g)
+    for t in range(len(poses)):
+        g.set_next(depth[t], K, poses[t])
+        probe.track(rgb[t])
+        if t == 0:
+            probe.add_prompt(1, mask=inst[0] == 1)
+        states[t] = probe.view(1).state
+    assert all(states[t] == OCCLUDED for t in hidden[1:-1]), states
+    # once out again (over at least min_prior_pixels) it is re-acquired within 3 frames, with the prompt on the box
+    ret = _first_return(px, ReIDConfig().min_prior_pixels)
+    assert events and min(events) <= ret + 2
+    first = min(events)
+    _assert_prompt_inside(events[first][0], inst[first] == 1)
+    assert results[-1].objects[1].visible and np.array_equal(results[-1].objects[1].mask, inst[-1] == 1)
+
+
+def test_lookalike_distractor_mask_is_vetoed_and_corrected():
+    # two identical boxes; on frame 6 the base tracker jumps to the copy
+    xs = np.linspace(-0.3, 0.3, 12)
+    poses = np.stack([look_at(np.array([x, -3.2, 1.4]), np.array([0.0, 0.0, 0.3])) for x in xs])
+    objs = [_box(1, -0.8, 0.0, yaw=0.2), _box(2, 0.8, 0.0, yaw=0.2)]
+    rgb, depth, inst = _render(poses, [objs] * len(poses))
+    assert ((inst == 1).sum(axis=(1, 2)) > 300).all() and ((inst == 2).sum(axis=(1, 2)) > 300).all()
+
+    tracker, results, base = _run(rgb, depth, inst, poses, switch_at=(6, 2))
+    events = _events_by_frame(tracker)
+    assert sorted(events) == [6], f"expected exactly one correction, on frame 6; got {sorted(events)}"
+    (event,) = events[6]
+    assert event.kind == "veto"
+    _assert_prompt_inside(event, inst[6] == 1)
+    (nx, ny) = event.points[event.labels == 0][0]
+    assert inst[6][int(ny), int(nx)] == 2, "the negative point should sit on the look-alike"
+    assert results[6].objects[1].reacquired
+    assert np.array_equal(results[6].objects[1].mask, inst[6] == 1)
+    assert base.following(1) == 1
+    assert np.array_equal(results[-1].objects[1].mask, inst[-1] == 1)
+
+
+def test_correct_tracking_raises_no_events_and_anchor_stays_bounded():
+    xs = np.linspace(-0.5, 0.5, 10)
+    poses = np.stack([look_at(np.array([x, -3.0, 1.3]), np.array([0.0, 0.0, 0.3])) for x in xs])
+    objs = [_box(1, -0.8, 0.0), _box(2, 0.8, 0.0, colors=((30, 30, 200),) * 3)]
+    rgb, depth, inst = _render(poses, [objs] * len(poses))
+    cfg = ReIDConfig(max_voxels=50)
+    tracker, results, _ = _run(rgb, depth, inst, poses, config=cfg)
+    assert not tracker.events
+    assert tracker.view(1).state == VISIBLE
+    assert len(tracker.anchor(1)) == 50  # capped
+    assert all("reid" in r.timings for r in results)
+
+
+def test_frames_without_geometry_pass_the_base_result_through():
+    poses = np.stack([_yaw_pose((0.0, -3.0, 1.2), a) for a in (0.0, 60.0, 0.0)])
+    rgb, depth, inst = _render(poses, [[_box(1, 0.0, 0.0)]] * 3)
+    base = LossyOracleTracker(lambda i: inst[i])
+    geometry = RGBDGeometry()
+    tracker = GeometricReID(base, geometry)
+    geometry.set_next(depth[0], K, poses[0])
+    tracker.track(rgb[0])
+    tracker.add_prompt(1, mask=inst[0] == 1)
+    for t in (1, 2):  # no set_next: no geometry, so no re-acquisition on frame 2 although the box is back
+        res = tracker.track(rgb[t])
+    assert not res.objects[1].visible and not tracker.events
+    # the set_next is consumed by one frame only
+    geometry.set_next(depth[2], K, poses[2])
+    assert geometry.geometry(rgb[2], 1) is not None and geometry.geometry(rgb[2], 1) is None
+
+
+@pytest.mark.parametrize("prompt", ["point", "box"])
+def test_prompt_kinds(prompt):
+    position = (0.0, -3.0, 1.2)
+    poses = np.stack([_yaw_pose(position, a) for a in np.concatenate([np.arange(0, 91, 15.0), [0.0, 0.0]])])
+    rgb, depth, inst = _render(poses, [[_box(1, 0.0, 0.0)]] * len(poses))
+    tracker, results, _ = _run(rgb, depth, inst, poses, config=ReIDConfig(prompt=prompt))
+    (event,) = [e for e in tracker.events]
+    assert (event.box is None) == (prompt == "point")
+    assert (len(event.points) == 0) == (prompt == "box")
+    assert results[-1].objects[1].visible

@@ -1,0 +1,371 @@
+"""Geometric re-identification: a `Tracker` mode that keeps each object's 3D anchor and re-finds it by geometry.
+
+`GeometricReID` wraps any base `Tracker` (streaming SAM 2 or the 3AM tracker) and a `GeometrySource`. Each frame,
+after the base tracker has run:
+
+1. `locate` projects the object's anchor into the current camera and compares each anchor point's depth with the
+   scene's depth at its pixel: in front within the object's own size (its near side hides its far side) is
+   support, clearly nearer is an occluder, farther means the place is now empty (the object moved). Pixels around
+   supported points whose depth fits form the geometric prior.
+2. Re-acquisition: the base says the object is absent, yet its anchor is in view, unoccluded and covers enough
+   pixels: the base is prompted on this frame (a conditioning input) with a box and a point drawn from the prior.
+3. Distractor veto: the base's mask lies mostly away from the prior and far from the anchor while the anchor is
+   visible elsewhere: an identity switch. It is corrected the same way (plus a negative point on the wrong object).
+4. The anchor learns the (kept or corrected) mask's world points.
+
+Prompted objects come back with `ObjectResult.reacquired = True`; every prompt is also logged in `events`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import numpy as np
+from scipy import ndimage
+
+from threeam_model.interface import FrameResult, ObjectResult, Tracker, check_frame
+from threeam_model.reid.anchor import ObjectAnchor
+from threeam_model.reid.geometry import FrameGeometry, GeometrySource, downsample_mask, grid_stride
+
+OUT_OF_VIEW, OCCLUDED, VACATED, TOO_SMALL, VISIBLE = "out_of_view", "occluded", "vacated", "too_small", "visible"
+
+
+@dataclasses.dataclass
+class ReIDConfig:
+    """Thresholds of the mode. Pixel counts are in frame pixels; tolerances are relative to depth."""
+
+    work_long_side: int = 160  # geometry grid: the frame's long side is sampled down to at most this many pixels
+    depth_tol: float = 0.05  # a point is "at" a surface when their depths differ by at most this fraction
+    voxel_rel: float = 0.01  # anchor voxel edge, as a fraction of the object's depth when first seen
+    max_voxels: int = 4096  # anchor cap per object
+    max_points_per_update: int = 2048  # mask points added to the anchor per frame (evenly subsampled)
+    min_anchor_voxels: int = 10  # an anchor smaller than this neither re-acquires nor vetoes
+    min_prior_pixels: int = 64  # the prior must cover this many frame pixels to act on it
+    min_support_frac: float = 0.3  # supported share of the anchor points not hidden by a nearer occluder
+    veto_max_near_frac: float = 0.2  # a mask with less than this share on the prior is a veto candidate
+    update_min_near_frac: float = 0.3  # a mature anchor learns only masks with at least this share on the prior
+    cooldown_frames: int = 1  # after prompting an object, skip it for this many frames
+    prompt: str = "box+point"  # what the re-acquisition prompt holds: "box+point", "box" or "point"
+    max_events: int = 256  # cap of the event log
+
+    def __post_init__(self):
+        if self.prompt not in ("box+point", "box", "point"):
+            raise ValueError(f"prompt must be 'box+point', 'box' or 'point', got {self.prompt!r}")
+        for name in ("depth_tol", "voxel_rel"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("min_support_frac", "veto_max_near_frac", "update_min_near_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("work_long_side", "max_voxels", "max_points_per_update", "max_events"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class AnchorView:
+    """Where an anchor stands in the current frame."""
+
+    state: str  # OUT_OF_VIEW, OCCLUDED, VACATED, TOO_SMALL or VISIBLE
+    in_view: int  # anchor points projecting into the image in front of the camera
+    supported: int
+    occluded: int
+    vacated: int
+    prior: np.ndarray | None  # (h, w) bool grid mask, None when out of view
+
+    @property
+    def prior_count(self) -> int:
+        return 0 if self.prior is None else int(self.prior.sum())
+
+
+@dataclasses.dataclass
+class ReIDEvent:
+    frame_index: int
+    obj_id: int
+    kind: str  # "reacquire" or "veto"
+    points: np.ndarray  # (N, 2) frame pixels (x, y) sent to the base tracker
+    labels: np.ndarray  # (N,) 1 = object, 0 = not the object
+    box: np.ndarray | None  # (4,) x0, y0, x1, y1 frame pixels
+    prior_pixels: int  # frame pixels of the prior
+    visible_after: bool  # the base's mask after the prompt is non-empty
+
+
+def locate(anchor: ObjectAnchor, geo: FrameGeometry, cfg: ReIDConfig) -> AnchorView:
+    """Project `anchor` into `geo`'s camera; classify its points against the scene depth; build the prior."""
+    h, w = geo.grid_size
+    uv, z = geo.project(anchor.points.astype(np.float64))
+    with np.errstate(invalid="ignore"):
+        j, i = np.round(uv[:, 0]), np.round(uv[:, 1])
+        in_view = (z > 0) & (j >= 0) & (j < w) & (i >= 0) & (i < h)
+    if not in_view.any():
+        return AnchorView(OUT_OF_VIEW, 0, 0, 0, 0, None)
+    j, i, z = j[in_view].astype(np.int64), i[in_view].astype(np.int64), z[in_view]
+    d = geo.depth[i, j].astype(np.float64)
+    known = np.isfinite(d)
+    tol = cfg.depth_tol * z
+    front = anchor.extent + tol  # the object's own near side may stand this far in front of a remembered point
+    with np.errstate(invalid="ignore"):
+        support = known & (d >= z - front) & (d <= z + tol)
+        occluded = known & (d < z - front)
+        vacated = known & (d > z + tol)
+    n_sup, n_occ, n_vac = int(support.sum()), int(occluded.sum()), int(vacated.sum())
+    prior = np.zeros((h, w), bool)
+    if n_sup:
+        prior = _splat_prior(geo, anchor, i[support], j[support], z[support], cfg)
+    view = AnchorView(TOO_SMALL, int(in_view.sum()), n_sup, n_occ, n_vac, prior)
+    # a nearer occluder hiding part of the anchor is normal; seeing through where it was is evidence against it
+    if n_sup and n_sup >= cfg.min_support_frac * (n_sup + n_vac):
+        if view.prior_count * geo.stride**2 >= cfg.min_prior_pixels:
+            view.state = VISIBLE
+        elif n_occ > n_sup:
+            view.state = OCCLUDED
+    elif n_occ or n_vac:
+        view.state = OCCLUDED if n_occ >= n_vac else VACATED
+    return view
+
+
+def _splat_prior(geo: FrameGeometry, anchor: ObjectAnchor, i, j, z, cfg: ReIDConfig) -> np.ndarray:
+    """Grid pixels near supported anchor points whose depth lies within the object's depth range there."""
+    h, w = geo.grid_size
+    focal = np.sqrt(abs(np.linalg.det(geo.projection[:, :3])))  # fx * fy of the grid camera, K[2, 2] = 1
+    spacing = anchor.voxel_size * focal / float(np.median(z))  # grid pixels between neighbouring voxels
+    r = int(min(max(1, np.ceil(0.75 * spacing)), 16))
+    i0, i1 = max(int(i.min()) - r, 0), min(int(i.max()) + r + 1, h)
+    j0, j1 = max(int(j.min()) - r, 0), min(int(j.max()) + r + 1, w)
+    far = np.full((i1 - i0, j1 - j0), -np.inf)
+    near = np.full((i1 - i0, j1 - j0), np.inf)
+    np.maximum.at(far, (i - i0, j - j0), z)
+    np.minimum.at(near, (i - i0, j - j0), z)
+    size = 2 * r + 1
+    far = ndimage.maximum_filter(far, size=size, mode="constant", cval=-np.inf)
+    near = ndimage.minimum_filter(near, size=size, mode="constant", cval=np.inf)
+    d = geo.depth[i0:i1, j0:j1]
+    with np.errstate(invalid="ignore"):
+        tol = cfg.depth_tol * far
+        roi = (d <= far + tol) & (d >= near - anchor.extent - tol)  # NaN depth compares False
+    prior = np.zeros((h, w), bool)
+    prior[i0:i1, j0:j1] = roi
+    return prior
+
+
+def prompt_from_prior(prior: np.ndarray, stride: int, image_size: tuple[int, int]):
+    """(point (x, y), box (x0, y0, x1, y1)) in frame pixels: the deepest pixel of the prior's largest blob, and the
+    blob's bounding box."""
+    labels, n = ndimage.label(prior)
+    if n == 0:
+        return None, None
+    blob = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    ys, xs = np.nonzero(blob)
+    y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+    inner = ndimage.distance_transform_edt(np.pad(blob[y0 : y1 + 1, x0 : x1 + 1], 1))[1:-1, 1:-1]
+    py, px = np.unravel_index(np.argmax(inner), inner.shape)
+    h, w = image_size
+    point = np.array([min((x0 + px) * stride, w - 1), min((y0 + py) * stride, h - 1)], np.float32)
+    box = np.array(
+        [x0 * stride, y0 * stride, min((x1 + 1) * stride, w), min((y1 + 1) * stride, h)],
+        np.float32,
+    )
+    return point, box
+
+
+def _deepest_pixel(mask: np.ndarray) -> tuple[int, int]:
+    inner = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(inner), inner.shape)
+    return int(y), int(x)
+
+
+@dataclasses.dataclass
+class _ObjectState:
+    anchor: ObjectAnchor
+    view: AnchorView | None = None
+    last_prompt_frame: int = -(10**9)
+
+
+class GeometricReID(Tracker):
+    """A base `Tracker` plus geometric re-identification. Same interface; see the module docstring.
+
+    With an `RGBDGeometry` source, hand each frame's depth, K and pose to `geometry.set_next(...)` before
+    `track(frame)`; a frame without geometry passes the base result through unchanged.
+    """
+
+    def __init__(self, base: Tracker, geometry: GeometrySource, config: ReIDConfig | None = None):
+        self.base = base
+        self.geometry = geometry
+        self.config = config or ReIDConfig()
+        self._objects: dict[int, _ObjectState] = {}
+        self._geo: FrameGeometry | None = None
+        self._image_size: tuple[int, int] | None = None
+        self.events: collections.deque[ReIDEvent] = collections.deque(maxlen=self.config.max_events)
+        self._prompt_s = 0.0
+
+    # ---------------------------------------------------------------------------------------------- interface
+
+    @property
+    def object_ids(self) -> list[int]:
+        return self.base.object_ids
+
+    @property
+    def frame_index(self) -> int:
+        return self.base.frame_index
+
+    def reset(self) -> None:
+        self.base.reset()
+        self.geometry.reset()
+        self._objects.clear()
+        self._geo = None
+        self._image_size = None
+        self.events.clear()
+
+    def remove_object(self, obj_id: int) -> None:
+        self.base.remove_object(obj_id)
+        self._objects.pop(int(obj_id), None)
+
+    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None) -> ObjectResult:
+        result = self.base.add_prompt(obj_id, points=points, labels=labels, box=box, mask=mask)
+        state = self._objects.setdefault(result.obj_id, self._new_state())
+        if self._geo is not None and result.visible:
+            mask_g = downsample_mask(result.mask, self._geo.stride)
+            if len(state.anchor) and self._near_frac(state, mask_g) < self.config.update_min_near_frac:
+                state.anchor.clear()  # the user points at something else than the anchor: trust the user
+            self._learn(state, mask_g)
+            state.view = locate(state.anchor, self._geo, self.config) if len(state.anchor) else None
+        return result
+
+    def track(self, frame: np.ndarray) -> FrameResult:
+        frame = check_frame(frame)
+        result = self.base.track(frame)
+        t0 = time.perf_counter()
+        size = tuple(frame.shape[:2])
+        self._image_size = size
+        self._geo = geo = self.geometry.geometry(frame, grid_stride(size, self.config.work_long_side))
+        self._prompt_s = 0.0
+        if geo is not None:
+            for obj_id, obj in list(result.objects.items()):
+                state = self._objects.setdefault(obj_id, self._new_state())
+                corrected = self._step_object(obj_id, obj, state, geo, result.frame_index)
+                if corrected is not None:
+                    result.objects[obj_id] = corrected
+        # the mode's own cost, and apart from it the base tracker's time spent on its prompts
+        result.timings["reid"] = time.perf_counter() - t0 - self._prompt_s
+        result.timings["reid_prompt"] = self._prompt_s
+        return result
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    @property
+    def last_events(self) -> list[ReIDEvent]:
+        """Prompts issued on the current frame."""
+        return [e for e in self.events if e.frame_index == self.frame_index]
+
+    def anchor(self, obj_id: int) -> ObjectAnchor | None:
+        state = self._objects.get(int(obj_id))
+        return None if state is None else state.anchor
+
+    def view(self, obj_id: int) -> AnchorView | None:
+        """Where `obj_id`'s anchor stood on the current frame (None before it has an anchor)."""
+        state = self._objects.get(int(obj_id))
+        return None if state is None else state.view
+
+    def _new_state(self) -> _ObjectState:
+        return _ObjectState(ObjectAnchor(self.config.max_voxels, self.config.voxel_rel))
+
+    def _near_frac(self, state: _ObjectState, mask_g: np.ndarray) -> float:
+        """Share of the mask's pixels with geometry that lie on the anchor's prior."""
+        mask_valid = mask_g & self._geo.valid
+        n = int(mask_valid.sum())
+        if n == 0 or state.view is None or state.view.prior is None:
+            return 0.0
+        return float((mask_valid & state.view.prior).sum()) / n
+
+    def _learn(self, state: _ObjectState, mask_g: np.ndarray) -> None:
+        geo = self._geo
+        eroded = ndimage.binary_erosion(mask_g)
+        sel = (eroded if eroded.sum() >= 16 else mask_g) & geo.valid  # mask edges mix object and background depth
+        idx = np.flatnonzero(sel)
+        if idx.size == 0:
+            return
+        cap = self.config.max_points_per_update
+        if idx.size > cap:
+            idx = idx[np.linspace(0, idx.size - 1, cap).round().astype(np.int64)]
+        state.anchor.add(geo.points.reshape(-1, 3)[idx], geo.depth.reshape(-1)[idx], max(self.frame_index, 0))
+
+    def _step_object(self, obj_id, obj: ObjectResult, state, geo: FrameGeometry, frame_index: int):
+        cfg = self.config
+        anchor = state.anchor
+        mature = len(anchor) >= cfg.min_anchor_voxels
+        state.view = view = locate(anchor, geo, cfg) if len(anchor) else None
+        mask_g = downsample_mask(obj.mask, geo.stride) if obj.visible else None
+        cooled = frame_index - state.last_prompt_frame > cfg.cooldown_frames
+
+        if mature and cooled and view is not None and view.state == VISIBLE:
+            if not obj.visible or mask_g is None or not mask_g.any():
+                return self._reprompt(obj_id, state, "reacquire", None)
+            near = self._near_frac(state, mask_g)
+            if near < cfg.veto_max_near_frac and self._far_from_anchor(anchor, mask_g, geo):
+                return self._reprompt(obj_id, state, "veto", mask_g)
+        if mask_g is None or not mask_g.any():
+            return None
+        if view is not None and view.state == VACATED and obj.score >= 0.5:
+            anchor.clear()  # its old place is seen empty while the base follows it: the object moved
+            self._learn(state, mask_g)
+        elif not mature or self._near_frac(state, mask_g) >= cfg.update_min_near_frac:
+            self._learn(state, mask_g)
+        return None
+
+    def _far_from_anchor(self, anchor: ObjectAnchor, mask_g: np.ndarray, geo: FrameGeometry) -> bool:
+        """The mask's median world point lies farther from the anchor's centre than the object's size allows."""
+        pts = geo.points[mask_g & geo.valid]
+        if len(pts) == 0:
+            return False
+        med = np.median(pts, axis=0)
+        depth = float(np.nanmedian(geo.depth[mask_g]))
+        return float(np.linalg.norm(med - anchor.centre)) > anchor.extent + self.config.depth_tol * depth
+
+    def _reprompt(self, obj_id: int, state: _ObjectState, kind: str, wrong_mask: np.ndarray | None):
+        t0 = time.perf_counter()
+        geo, cfg = self._geo, self.config
+        point, box = prompt_from_prior(state.view.prior, geo.stride, self._image_size)
+        if point is None:
+            return None
+        points, labels = [point], [1]
+        if wrong_mask is not None:
+            wy, wx = _deepest_pixel(wrong_mask & ~state.view.prior)
+            h, w = self._image_size
+            points.append(np.array([min(wx * geo.stride, w - 1), min(wy * geo.stride, h - 1)], np.float32))
+            labels.append(0)
+        use_points = cfg.prompt != "box" or wrong_mask is not None
+        pts = np.stack(points) if use_points else None
+        lab = np.array(labels, np.int32) if use_points else None
+        bx = box if cfg.prompt != "point" else None
+        result = self.base.add_prompt(obj_id, points=pts, labels=lab, box=bx)
+        state.last_prompt_frame = self.frame_index
+        self.events.append(
+            ReIDEvent(
+                self.frame_index,
+                obj_id,
+                kind,
+                pts if pts is not None else np.zeros((0, 2), np.float32),
+                lab if lab is not None else np.zeros(0, np.int32),
+                bx,
+                state.view.prior_count * geo.stride**2,
+                bool(result.visible),
+            )
+        )
+        if result.visible:
+            mask_g = downsample_mask(result.mask, geo.stride)
+            if self._near_frac(state, mask_g) >= cfg.update_min_near_frac:
+                self._learn(state, mask_g)
+        self._prompt_s += time.perf_counter() - t0
+        return dataclasses.replace(result, reacquired=True)
+
+
+__all__ = [
+    "AnchorView",
+    "GeometricReID",
+    "ReIDConfig",
+    "ReIDEvent",
+    "locate",
+    "prompt_from_prior",
+]
