@@ -100,7 +100,7 @@ def test_500_frame_stream_keeps_memory_bounded():
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     sizes = []
-    for i in range(500):
+    for _ in range(500):
         noise = rng.integers(-20, 21, base.shape)
         out = stream.step(np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8))
         assert out.is_keyframe
