@@ -1,0 +1,511 @@
+"""threeam-track: track prompted objects through a video file or an image folder, offline.
+
+    threeam-track VIDEO_OR_FOLDER --output OUT --frame K --box 1:10,20,200,180 --point 2:320,240 --mask 3:m.png
+    threeam-track --demo --output OUT        # a generated clip, prompted from its ground truth
+
+Prompts apply to frame K (default 0). Tracking runs forward from K to the end and backward from K to the start
+(`--direction`). Writes OUT/Annotations/<video>/<frame>.png (DAVIS layout: 8-bit palette PNG, pixel = object id)
+and OUT/<video>_overlay.mp4. Uses the official weights when they are in the weights folder
+(`threeam-download-weights`), otherwise random weights, with a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+
+from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
+from threeam_model.interface import FrameResult, PromptError, TrackerInputError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+PROG = "threeam-track"
+
+
+class UsageError(TrackerInputError):
+    """A command line the tool cannot act on."""
+
+
+# ------------------------------------------------------------------------------------------------ frame sources
+
+
+def _natural_key(path: pathlib.Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+class FrameSource:
+    """Frames of a video file or an image folder, read in order; `names` gives each frame's output file stem."""
+
+    def __init__(self, path, max_frames: int | None = None):
+        self.path = pathlib.Path(path)
+        self.max_frames = max_frames
+        if self.path.is_dir():
+            files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=_natural_key)
+            if not files:
+                raise UsageError(f"{self.path} holds no images ({', '.join(IMAGE_EXTS)})")
+            self.files = files[:max_frames]
+            self.names = [p.stem for p in self.files]
+        elif self.path.is_file():
+            import cv2
+
+            cap = cv2.VideoCapture(str(self.path))
+            if not cap.isOpened():
+                raise UsageError(f"cannot open {self.path} as a video (is it a video file OpenCV can decode?)")
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+            cap.release()
+            self.files = None
+            count = count if max_frames is None else min(count, max_frames)
+            self.names = [f"{i:05d}" for i in range(count)]
+        else:
+            raise UsageError(f"input not found: {self.path}")
+        self.video_name = self.path.stem if self.path.is_file() else self.path.name
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """RGB uint8 frames in order."""
+        import cv2
+
+        if self.files is not None:
+            for p in self.files:
+                img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise UsageError(f"cannot read image {p}")
+                yield img[:, :, ::-1].copy()
+            return
+        cap = cv2.VideoCapture(str(self.path))
+        try:
+            for _ in range(len(self)):
+                ok, img = cap.read()
+                if not ok:  # the container's frame count was optimistic
+                    break
+                yield img[:, :, ::-1].copy()
+        finally:
+            cap.release()
+
+
+# ------------------------------------------------------------------------------------------------------ prompts
+
+
+@dataclasses.dataclass
+class ObjectPrompt:
+    points: list = dataclasses.field(default_factory=list)
+    labels: list = dataclasses.field(default_factory=list)
+    box: list | None = None
+    mask: np.ndarray | None = None
+
+    def kwargs(self) -> dict:
+        out = {}
+        if self.points:
+            out["points"], out["labels"] = np.array(self.points, np.float32), np.array(self.labels, np.int32)
+        if self.box is not None:
+            out["box"] = np.array(self.box, np.float32)
+        if self.mask is not None:
+            out["mask"] = self.mask
+        return out
+
+
+def _obj_and_rest(text: str, what: str, example: str) -> tuple[int, str]:
+    obj, sep, rest = text.partition(":")
+    if not sep or not obj.strip().isdigit():
+        raise UsageError(f"--{what} {text!r}: expected OBJ:{example} with an integer object id, e.g. 1:{example}")
+    obj_id = int(obj)
+    if not 1 <= obj_id <= 255:
+        raise UsageError(f"--{what} {text!r}: object ids must be in 1..255 (DAVIS palette PNGs hold 8 bits)")
+    return obj_id, rest
+
+
+def _numbers(text: str, n: int, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n:
+        raise UsageError(f"--{flag}: expected {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_prompts(points, boxes, masks) -> dict[int, ObjectPrompt]:
+    """--point OBJ:X,Y[:LABEL], --box OBJ:X0,Y0,X1,Y1, --mask OBJ:FILE (binary) or --mask FILE (label image)."""
+    from threeam_model.data.readers.mose import read_annotation
+
+    prompts: dict[int, ObjectPrompt] = {}
+    for text in points or []:
+        obj, rest = _obj_and_rest(text, "point", "X,Y[:LABEL]")
+        xy, _, label = rest.partition(":")
+        label = label or "1"
+        if label not in ("0", "1"):
+            raise UsageError(f"--point {text!r}: label must be 1 (object) or 0 (background)")
+        p = prompts.setdefault(obj, ObjectPrompt())
+        p.points.append(_numbers(xy, 2, "point"))
+        p.labels.append(int(label))
+    for text in boxes or []:
+        obj, rest = _obj_and_rest(text, "box", "X0,Y0,X1,Y1")
+        p = prompts.setdefault(obj, ObjectPrompt())
+        if p.box is not None:
+            raise UsageError(f"--box: object {obj} has two boxes; give one box per object")
+        p.box = _numbers(rest, 4, "box")
+    for text in masks or []:
+        head, sep, rest = text.partition(":")
+        if sep and head.isdigit():
+            path = pathlib.Path(rest)
+            if not path.is_file():
+                raise UsageError(f"--mask {text!r}: file not found: {path}")
+            labels = {int(head): read_annotation(path) > 0}
+        else:
+            path = pathlib.Path(text)
+            if not path.is_file():
+                raise UsageError(f"--mask {text!r}: file not found: {path}")
+            ann = read_annotation(path)
+            ids = [int(i) for i in np.unique(ann) if i != 0]
+            if not ids:
+                raise UsageError(f"--mask {path}: the label image holds no object (all pixels are 0)")
+            labels = {i: ann == i for i in ids}
+        for obj, m in labels.items():
+            if obj > 255:
+                raise UsageError(f"--mask {path}: object id {obj} > 255 does not fit a DAVIS palette PNG")
+            p = prompts.setdefault(obj, ObjectPrompt())
+            if p.mask is not None:
+                raise UsageError(f"--mask: object {obj} gets two masks")
+            p.mask = m
+    for obj, p in prompts.items():
+        if p.mask is not None and (p.points or p.box is not None):
+            raise UsageError(f"object {obj}: a mask prompt cannot be combined with points or a box")
+    return prompts
+
+
+# ------------------------------------------------------------------------------------------------------ writers
+
+
+def save_label_png(path: pathlib.Path, labels: np.ndarray) -> None:
+    from PIL import Image
+
+    from threeam_model.data.readers.mose import davis_palette
+
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette(davis_palette())
+    img.save(path)
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Frame with each object's pixels tinted in its DAVIS palette colour and its outline drawn."""
+    import cv2
+
+    from threeam_model.data.readers.mose import davis_palette
+
+    palette = np.array(davis_palette(), np.uint8).reshape(256, 3)
+    out = rgb.copy()
+    fg = labels > 0
+    out[fg] = (rgb[fg] * (1 - alpha) + palette[labels[fg]] * alpha).astype(np.uint8)
+    for obj in np.unique(labels[fg]):
+        contours, _ = cv2.findContours((labels == obj).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in palette[obj]), 1)
+    return out
+
+
+def write_overlay_video(path: pathlib.Path, source: FrameSource, mask_dir: pathlib.Path, fps: float) -> int:
+    import cv2
+
+    from threeam_model.data.readers.mose import read_annotation
+
+    writer = None
+    n = 0
+    try:
+        for name, rgb in zip(source.names, source):
+            if writer is None:
+                h, w = rgb.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                if not writer.isOpened():
+                    raise RuntimeError(f"OpenCV cannot write {path} (no mp4v encoder?)")
+            labels = read_annotation(mask_dir / f"{name}.png").astype(np.uint8)
+            writer.write(overlay(rgb, labels)[:, :, ::-1])
+            n += 1
+    finally:
+        if writer is not None:
+            writer.release()
+    return n
+
+
+# --------------------------------------------------------------------------------------------------- tracking
+
+
+def _prompt_all(tracker, prompts: dict[int, ObjectPrompt], frame_index: int) -> FrameResult:
+    objects = {}
+    for obj, p in sorted(prompts.items()):
+        try:
+            objects[obj] = tracker.add_prompt(obj, **p.kwargs())
+        except PromptError as exc:
+            raise PromptError(f"object {obj} on frame {frame_index}: {exc}") from None
+    h, w = next(iter(objects.values())).mask.shape
+    return FrameResult(frame_index, (h, w), objects)
+
+
+def track_video(
+    tracker,
+    source: FrameSource,
+    prompts: dict[int, ObjectPrompt],
+    prompt_frame: int,
+    mask_dir: pathlib.Path,
+    direction: str = "both",
+    progress: bool = True,
+) -> dict:
+    """Run the forward and/or backward pass and write one label PNG per frame. Returns timing statistics."""
+    from tqdm import tqdm
+
+    n = len(source)
+    if not 0 <= prompt_frame < n:
+        raise UsageError(f"--frame {prompt_frame} is outside the video's {n} frames (0..{n - 1})")
+    forward = direction in ("both", "forward")
+    backward = direction in ("both", "backward") and prompt_frame > 0
+    todo = (n - prompt_frame if forward else 1) + (prompt_frame if backward else 0)
+    written: set[int] = set()
+    times: list[float] = []
+    size = None
+
+    def save(index: int, result: FrameResult) -> None:
+        save_label_png(mask_dir / f"{source.names[index]}.png", result.label_image(np.uint8))
+        written.add(index)
+
+    bar = tqdm(total=todo, desc=f"{PROG} {source.video_name}", unit="frame", disable=not progress, file=sys.stderr)
+    before: list[np.ndarray] = []  # frames 0..K, kept for the backward pass only
+    tracker.reset()
+    for i, rgb in enumerate(source):
+        size = rgb.shape[:2]
+        if i < prompt_frame:
+            if backward:
+                before.append(rgb)
+            continue
+        if i == prompt_frame:
+            if backward:
+                before.append(rgb)
+            t0 = time.perf_counter()
+            tracker.track(rgb)
+            save(i, _prompt_all(tracker, prompts, i))
+            times.append(time.perf_counter() - t0)
+            bar.update()
+            if not forward:
+                break
+            continue
+        t0 = time.perf_counter()
+        result = tracker.track(rgb)
+        times.append(time.perf_counter() - t0)
+        save(i, result)
+        bar.update()
+    if len(before) <= prompt_frame and backward:
+        raise UsageError(f"the video ended after {len(before)} frames, before the prompt frame {prompt_frame}")
+    if backward:
+        tracker.reset()
+        tracker.track(before[prompt_frame])
+        _prompt_all(tracker, prompts, prompt_frame)  # frame K itself is already written by the forward pass
+        if not forward:
+            bar.update()
+        for i in range(prompt_frame - 1, -1, -1):
+            t0 = time.perf_counter()
+            result = tracker.track(before[i])
+            times.append(time.perf_counter() - t0)
+            save(i, result)
+            bar.update()
+            before[i + 1] = None  # release frames as soon as the pass is past them
+    bar.close()
+    blank = np.zeros(size, np.uint8) if size else None
+    for i in range(len(source)):  # frames outside the tracked range: background only
+        if i not in written and blank is not None:
+            save_label_png(mask_dir / f"{source.names[i]}.png", blank)
+    steady = times[1:] if len(times) > 1 else times
+    return {"frames": len(times), "mean_s": float(np.mean(steady)) if steady else float("nan")}
+
+
+# ---------------------------------------------------------------------------------------------------------- demo
+
+
+def make_demo(out: pathlib.Path, seed: int, num_frames: int) -> tuple[pathlib.Path, int, dict[int, ObjectPrompt]]:
+    """Generate a synthetic clip; prompt each object visible on the busiest frame with its ground-truth mask."""
+    from threeam_model.data.readers.synthetic import SyntheticScene
+    from threeam_model.data.synthetic import generate_scene
+
+    scene_dir = generate_scene(out / "demo_scene", seed=seed, num_frames=num_frames, num_objects=3)
+    scene = SyntheticScene(scene_dir)
+    min_area = 0.005  # of the image: smaller objects make poor demo prompts
+    best, best_ids = 0, []
+    for i in range(len(scene)):
+        inst = scene.frame(i, with_rgb=False).instance
+        ids = [o for o in scene.object_ids if (inst == o).mean() >= min_area]
+        if len(ids) > len(best_ids):
+            best, best_ids = i, ids
+    if not best_ids:
+        raise RuntimeError(f"the generated demo scene (seed {seed}) shows no object large enough to prompt")
+    inst = scene.frame(best, with_rgb=False).instance
+    return scene_dir, best, {o: ObjectPrompt(mask=inst == o) for o in best_ids}
+
+
+def demo_scores(scene_dir: pathlib.Path, mask_dir: pathlib.Path, obj_ids) -> dict:
+    from threeam_model.data.readers.mose import read_annotation
+    from threeam_model.data.readers.synthetic import SyntheticScene
+    from threeam_model.eval.metrics import average_objects, object_scores_from_masks
+
+    scene = SyntheticScene(scene_dir)
+    gts = [scene.frame(i, with_rgb=False).instance for i in range(len(scene))]
+    preds = [read_annotation(mask_dir / f"{i:05d}.png") for i in range(len(scene))]
+    scores = [object_scores_from_masks([g == o for g in gts], [p == o for p in preds]) for o in obj_ids]
+    return average_objects(scores)
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0] + ".",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", nargs="?", help="video file or folder of images (sorted by name)")
+    p.add_argument("-o", "--output", default="threeam_output", help="output folder (default: %(default)s)")
+    p.add_argument("--demo", action="store_true", help="track a generated synthetic clip, prompted from its truth")
+    p.add_argument("--demo-frames", type=int, default=24, help="length of the demo clip (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="demo scene seed and random-weight seed")
+    g = p.add_argument_group("prompts (on --frame)")
+    g.add_argument("--frame", type=int, default=0, help="index of the prompted frame (default: 0)")
+    g.add_argument("--point", action="append", metavar="OBJ:X,Y[:LABEL]", help="a click; label 1 (default) or 0")
+    g.add_argument("--box", action="append", metavar="OBJ:X0,Y0,X1,Y1", help="a box in pixels")
+    g.add_argument(
+        "--mask",
+        action="append",
+        metavar="[OBJ:]FILE",
+        help="OBJ:FILE a binary mask of one object, or FILE a label image (pixel = object id)",
+    )
+    g.add_argument("--direction", choices=("both", "forward", "backward"), default="both")
+    m = p.add_argument_group("model")
+    m.add_argument("--method", choices=("3am", "sam2"), default="3am")
+    m.add_argument("--variant", default=None, help="SAM 2.1 size: t, s, b+, l (default: t; demo: t)")
+    m.add_argument("--image-size", type=int, default=None, help="SAM 2 input size: 1024 or 512 (demo: 512)")
+    m.add_argument("--must3r", choices=("224", "512"), default=None, help="MUSt3R release (default 512; demo 224)")
+    m.add_argument("--checkpoint", help="3AM checkpoint (merger + fine-tuned heads); without it the merger is "
+                   "untrained and 3AM gives exactly SAM 2's masks")  # fmt: skip
+    m.add_argument("--sam2-checkpoint", default="auto", help="official SAM 2.1 .pt (default: from the weights folder)")
+    m.add_argument(
+        "--must3r-checkpoint", default="auto", help="official MUSt3R .pth (default: from the weights folder)"
+    )
+    m.add_argument("--random-weights", action="store_true", help="do not look for weights: random ones")
+    m.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs; masks meaningless)")
+    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    m.add_argument("--max-objects", type=int, default=16)
+    o = p.add_argument_group("output")
+    o.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
+    o.add_argument("--no-video", action="store_true", help="do not write the overlay MP4")
+    o.add_argument("--fps", type=float, default=None, help="overlay video frame rate (default: the input's, or 10)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _warn(msg: str) -> None:
+    bar = "!" * 100
+    print(f"\n{bar}\n{msg}\n{bar}\n", file=sys.stderr)
+
+
+def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
+    """The tracker config the arguments ask for, and warnings to show (missing weights...)."""
+    notes = []
+    variant = args.variant or "t"
+    image_size = args.image_size or (512 if args.demo else None)
+    must3r = args.must3r or ("224" if args.demo else "512")
+    common = dict(method=args.method, device=args.device, dtype=args.dtype, max_objects=args.max_objects,
+                  seed=args.seed)  # fmt: skip
+    if args.tiny:
+        return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]
+    sam2_ckpt = None if args.random_weights else args.sam2_checkpoint
+    must3r_ckpt = None if args.random_weights else args.must3r_checkpoint
+    cfg = TrackerConfig(variant=variant, image_size=image_size, must3r=must3r, sam2_checkpoint=sam2_ckpt,
+                        must3r_checkpoint=must3r_ckpt, threeam_checkpoint=args.checkpoint, **common)  # fmt: skip
+    cfg, missing = resolve_weights(cfg)
+    if missing or args.random_weights:
+        how = (
+            "Get them with `threeam-download-weights` (or copy the files into $THREEAM_WEIGHTS, default "
+            "~/.cache/threeam/weights), or pass --sam2-checkpoint / --must3r-checkpoint."
+        )
+        why = (
+            "--random-weights given" if args.random_weights else "official weights missing:\n  " + "\n  ".join(missing)
+        )
+        if args.demo:
+            # A full-size random model is as slow as a real one and no more meaningful: keep the demo quick.
+            cfg = TrackerConfig(tiny=True, **common)
+            notes.append(f"RANDOM WEIGHTS: {why}\nThe demo runs tiny random models; its masks mean nothing. {how}")
+        else:
+            notes.append(f"RANDOM WEIGHTS: {why}\nMasks from random weights mean nothing. {how}")
+    if cfg.method == "3am" and not cfg.tiny and cfg.threeam_checkpoint is None:
+        notes.append("no --checkpoint: the Feature Merger is untrained, so 3AM tracks exactly like SAM 2")
+    return cfg, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (TrackerInputError, FileNotFoundError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    import torch
+
+    out = pathlib.Path(args.output)
+    if args.demo:
+        if args.input or args.point or args.box or args.mask:
+            raise UsageError("--demo makes its own clip and prompts; do not give an input or prompts with it")
+        if args.demo_frames < 2:
+            raise UsageError("--demo-frames must be at least 2")
+        scene_dir, prompt_frame, prompts = make_demo(out, args.seed, args.demo_frames)
+        source = FrameSource(scene_dir / "rgb", args.max_frames)
+        source.video_name = "demo"
+    else:
+        if not args.input:
+            raise UsageError("give a video file or an image folder (or --demo for a generated clip)")
+        source = FrameSource(args.input, args.max_frames)
+        prompt_frame = args.frame
+        prompts = parse_prompts(args.point, args.box, args.mask)
+        if not prompts:
+            raise UsageError("give at least one prompt: --point, --box or --mask (see --help)")
+
+    cfg, notes = config_from_args(args)
+    for note in notes:
+        _warn(note) if note.startswith("RANDOM") or note.startswith("--tiny") else print(
+            f"note: {note}", file=sys.stderr
+        )
+    torch.set_grad_enabled(False)
+    print(f"{PROG}: {cfg.describe()} on {cfg.torch_device}; {len(source)} frames, objects "
+          f"{sorted(prompts)} prompted on frame {prompt_frame}", file=sys.stderr)  # fmt: skip
+    tracker = build_tracker(cfg)
+
+    mask_dir = out / "Annotations" / source.video_name
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sam2 warns per frame about its optional CUDA extension
+        stats = track_video(tracker, source, prompts, prompt_frame, mask_dir, args.direction, not args.quiet)
+    print(f"{PROG}: {stats['frames']} frames tracked, {stats['mean_s'] * 1000:.0f} ms per frame; masks in {mask_dir}",
+          file=sys.stderr)  # fmt: skip
+    if not args.no_video:
+        video = out / f"{source.video_name}_overlay.mp4"
+        fps = args.fps or getattr(source, "fps", 0.0) or 10.0
+        write_overlay_video(video, source, mask_dir, fps)
+        print(f"{PROG}: overlay video {video}", file=sys.stderr)
+    if args.demo:
+        s = demo_scores(scene_dir, mask_dir, sorted(prompts))
+        print(f"{PROG}: demo scores against the ground truth ({s['n_objects']} objects): IoU {s['iou']:.3f}, "
+              f"positive IoU {s['positive_iou']:.3f}, successful IoU {s['successful_iou']:.3f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

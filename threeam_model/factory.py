@@ -1,0 +1,239 @@
+"""The one way to build a tracker: `build_tracker(TrackerConfig(...))`.
+
+The ROS node, the offline CLI (`threeam-track`) and the benchmarks all go through here, so they can switch between
+plain streaming SAM 2 (`method="sam2"`) and 3AM (`method="3am"`) by configuration alone.
+
+Checkpoints: a path loads that file (strict keys); "auto" looks the official file up in the weights folder
+(`threeam_model.weights.find_weights`, filled by `threeam-download-weights`) and fails if it is missing; None keeps
+random weights. `resolve_weights` turns "auto" into a path or None and says which weights are missing, so a front
+end can fall back to random weights with a warning instead of failing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from threeam_model.interface import Tracker
+
+METHODS = ("sam2", "3am")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Accepted spellings of the SAM 2.1 backbone sizes -> sam2_build's variant keys.
+VARIANT_ALIASES = {
+    "t": "t", "tiny": "t", "hiera_t": "t",
+    "s": "s", "small": "s", "hiera_s": "s",
+    "b+": "b+", "base_plus": "b+", "base+": "b+", "hiera_b+": "b+",
+    "l": "l", "large": "l", "hiera_l": "l",
+}  # fmt: skip
+# MUSt3R releases by input size -> registered checkpoint name in threeam_model.weights.
+MUST3R_MODELS = {"224": "MUSt3R_224_cvpr", "512": "MUSt3R_512"}
+# Tiny MUSt3R input sizes (W/H ratio -> (W, H)): 4x4 or 4x3 tokens of 16 pixels.
+TINY_MUST3R_TABLE = {1.0: (64, 64), 4 / 3: (64, 48)}
+
+
+@dataclasses.dataclass
+class TrackerConfig:
+    """Everything needed to build a tracker. Defaults: the paper's 3AM (SAM 2.1-L at 1024, MUSt3R 512)."""
+
+    method: str = "3am"  # "sam2" (plain streaming SAM 2) or "3am" (SAM 2 + MUSt3R + Feature Merger)
+    variant: str = "l"  # SAM 2.1 backbone: t / s / b+ / l (or tiny / small / base_plus / large)
+    image_size: int | None = None  # SAM 2 input side: 1024 (official) or 512; None = 1024 (64 when tiny)
+    must3r: str = "512"  # MUSt3R release: "224" or "512"
+    sam2_checkpoint: str | None = "auto"  # path, "auto" (official file from the weights folder) or None (random)
+    must3r_checkpoint: str | None = "auto"
+    threeam_checkpoint: str | None = None  # 3AM checkpoint (merger + fine-tuned heads); None = untrained merger
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
+    dtype: str = "float32"  # "float32", or "bfloat16" to run the models under autocast
+    max_objects: int = 16  # tracked at once; a new id beyond it is refused
+    max_conditioning_frames: int = 8  # per object, prompted frames kept in memory
+    must3r_max_keyframes: int = 32  # MUSt3R memory cap (images)
+    tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)
+    seed: int = 0  # seed of random weights
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if str(self.variant) not in VARIANT_ALIASES:
+            raise ValueError(f"unknown SAM 2.1 variant {self.variant!r}; use one of t, s, b+, l")
+        self.variant = VARIANT_ALIASES[str(self.variant)]
+        self.must3r = str(self.must3r)
+        if self.must3r not in MUST3R_MODELS:
+            raise ValueError(f"must3r must be one of {sorted(MUST3R_MODELS)}, got {self.must3r!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be float32 or bfloat16 (float16 is not supported), got {self.dtype!r}")
+        for name in ("max_objects", "max_conditioning_frames", "must3r_max_keyframes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tiny and any(
+            c not in (None, "auto") for c in (self.sam2_checkpoint, self.must3r_checkpoint, self.threeam_checkpoint)
+        ):
+            raise ValueError("tiny=True builds random tiny models; it cannot load checkpoints")
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def describe(self) -> str:
+        if self.tiny:
+            return f"{self.method} (tiny random weights, seed {self.seed})"
+        what = f"SAM 2.1-{self.variant}@{self.image_size or 1024}"
+        if self.method == "3am":
+            what = f"3AM: {what} + MUSt3R-{self.must3r}"
+            what += f" + merger {'from ' + str(self.threeam_checkpoint) if self.threeam_checkpoint else '(untrained)'}"
+        return what
+
+
+def resolve_weights(cfg: TrackerConfig) -> tuple[TrackerConfig, list[str]]:
+    """Replace each "auto" checkpoint by its local path, or by None (random weights) when it is missing.
+
+    Returns the resolved config and one message per missing file (empty when everything is present).
+    """
+    from threeam_model.weights import find_weights
+
+    if cfg.tiny:
+        return dataclasses.replace(cfg, sam2_checkpoint=None, must3r_checkpoint=None, threeam_checkpoint=None), []
+    missing = []
+    changes = {}
+    wanted = [("sam2_checkpoint", _sam2_weights_name(cfg.variant))]
+    if cfg.method == "3am":
+        wanted.append(("must3r_checkpoint", MUST3R_MODELS[cfg.must3r]))
+    for field, name in wanted:
+        if getattr(cfg, field) == "auto":
+            try:
+                changes[field] = str(find_weights(name))
+            except FileNotFoundError as exc:
+                changes[field] = None
+                missing.append(str(exc))
+    if cfg.method == "sam2":
+        changes["must3r_checkpoint"] = None
+    return dataclasses.replace(cfg, **changes), missing
+
+
+def _checkpoint_path(value: str | None, registered: str) -> str | None:
+    if value == "auto":
+        from threeam_model.weights import find_weights
+
+        return str(find_weights(registered))
+    if value is not None and not os.path.isfile(value):
+        raise FileNotFoundError(f"checkpoint not found: {value}")
+    return value
+
+
+def build_sam2_model(cfg: TrackerConfig):
+    """The stateless SAM 2.1 model (SAM2Base) of a config, on its device."""
+    from threeam_model.sam2_build import build_sam2
+
+    if cfg.tiny:
+        return build_sam2(tiny=True, image_size=cfg.image_size, device=cfg.torch_device, seed=cfg.seed)
+    path = _checkpoint_path(cfg.sam2_checkpoint, _sam2_weights_name(cfg.variant))
+    return build_sam2(cfg.variant, checkpoint=path, image_size=cfg.image_size, device=cfg.torch_device, seed=cfg.seed)
+
+
+def _sam2_weights_name(variant: str) -> str:
+    from threeam_model.sam2_build import VARIANTS
+
+    return VARIANTS[variant][1]
+
+
+def build_must3r_model(cfg: TrackerConfig):
+    """The stateless MUSt3R model of a config (official checkpoint, or random weights of the release's sizes)."""
+    from threeam_model.must3r import build_must3r, load_must3r, tiny_must3r
+
+    if cfg.tiny:
+        return tiny_must3r(cfg.seed).to(cfg.torch_device)
+    path = _checkpoint_path(cfg.must3r_checkpoint, MUST3R_MODELS[cfg.must3r])
+    if path is not None:
+        return load_must3r(path, device=cfg.torch_device)
+    size = int(cfg.must3r)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_must3r(  # the released sizes: ViT-L encoder, ViT-B decoder with feedback, kv memory
+            dict(img_size=(size, size)),
+            dict(img_size=(size, size), feedback_type="single_mlp", memory_mode="kv"),
+        )
+    return model.to(cfg.torch_device)
+
+
+def merger_config_for(sam2_model, must3r_model):
+    """The paper's merger sized to the given models (tiny models get a tiny merger)."""
+    from threeam_model.merger import MergerConfig
+
+    enc, dec = must3r_model.encoder.embed_dim, must3r_model.decoder.embed_dim
+    small = dec < 256
+    return MergerConfig(
+        enc_dim=enc,
+        dec_dim=dec,
+        sam_dim=sam2_model.hidden_dim,
+        num_heads=2 if small else 12,
+        mlp_ratio=2.0 if small else 4.0,
+        patch_size=must3r_model.patch_size,
+    )
+
+
+def build_threeam(cfg: TrackerConfig):
+    """SAM 2 + MUSt3R + Feature Merger (+ the 3AM checkpoint's fine-tuned heads) -> ThreeAMTracker."""
+    from threeam_model import threeam_checkpoint
+    from threeam_model.merger import FeatureMerger
+    from threeam_model.must3r.stream import Must3rStream
+    from threeam_model.tracker import ThreeAMTracker
+
+    device = cfg.torch_device
+    sam2 = build_sam2_model(cfg)
+    must3r = build_must3r_model(cfg)
+    payload = None
+    if cfg.threeam_checkpoint is not None:
+        payload = threeam_checkpoint.read_checkpoint(cfg.threeam_checkpoint)
+        threeam_checkpoint.check_compatible(
+            payload, {"sam2_variant": cfg.variant, "must3r": cfg.must3r}, source=str(cfg.threeam_checkpoint)
+        )
+        merger_cfg = threeam_checkpoint.merger_config(payload)
+    else:
+        merger_cfg = merger_config_for(sam2, must3r)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        merger = FeatureMerger(merger_cfg)
+    if payload is not None:
+        threeam_checkpoint.load_into(payload, merger, sam2, source=str(cfg.threeam_checkpoint))
+    stream = Must3rStream(
+        must3r,
+        image_size=TINY_MUST3R_TABLE if cfg.tiny else int(cfg.must3r),
+        max_memory_images=cfg.must3r_max_keyframes,
+        feat_layers=(0, *merger_cfg.merge_layers),
+        device=device,
+        dtype=DTYPES[cfg.dtype],
+    )
+    return ThreeAMTracker(sam2, stream, merger.to(device), **_stream_options(cfg))
+
+
+def build_tracker(cfg: TrackerConfig) -> Tracker:
+    """Build the tracker a config describes (see TrackerConfig)."""
+    if cfg.method == "sam2":
+        from threeam_model.sam2_stream import StreamingSAM2
+
+        return StreamingSAM2(build_sam2_model(cfg), **_stream_options(cfg))
+    return build_threeam(cfg)
+
+
+def _stream_options(cfg: TrackerConfig) -> dict:
+    """Keyword arguments of StreamingSAM2 shared by both methods."""
+    return dict(
+        max_objects=cfg.max_objects,
+        max_cond_frames=cfg.max_conditioning_frames,
+        dtype=DTYPES[cfg.dtype],
+    )
+
+
+__all__ = [
+    "METHODS",
+    "TrackerConfig",
+    "build_must3r_model",
+    "build_sam2_model",
+    "build_threeam",
+    "build_tracker",
+    "merger_config_for",
+    "resolve_weights",
+]
