@@ -1,0 +1,65 @@
+"""Start the threeam tracker node with a parameters file and topic remappings.
+
+    ros2 launch threeam_ros tracker.launch.py image:=/camera/color/image_raw
+    ros2 launch threeam_ros tracker.launch.py config:=/path/to/my_tracker.yaml device:=cuda \\
+        sam2_checkpoint:=/path/to/sam2.1_hiera_large.pt variant:=large
+
+Every argument left empty keeps the value from the parameters file (config/tracker.yaml by default).
+"""
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+# launch argument -> node parameter it overrides when not empty (string parameters only)
+PARAMETER_ARGUMENTS = {
+    "device": "model.device",
+    "variant": "model.variant",
+    "sam2_checkpoint": "model.sam2_checkpoint",
+    "threeam_checkpoint": "model.threeam_checkpoint",
+    "must3r_checkpoint": "model.must3r_checkpoint",
+    "transport": "input.transport",
+}
+# launch argument -> (topic name inside the node, default target)
+REMAPPING_ARGUMENTS = {
+    "image": ("image", "image"),
+}
+
+
+def _tracker_node(context):
+    value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    overrides = {param: value(arg) for arg, param in PARAMETER_ARGUMENTS.items() if value(arg)}
+    remappings = [(inner, value(arg)) for arg, (inner, _) in REMAPPING_ARGUMENTS.items()]
+    return [
+        Node(
+            package="threeam_ros",
+            executable="tracker_node",
+            name=value("node_name"),
+            namespace=value("namespace"),
+            parameters=[value("config"), overrides],
+            remappings=remappings,
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description():
+    default_config = PathJoinSubstitution([FindPackageShare("threeam_ros"), "config", "tracker.yaml"])
+    arguments = [
+        DeclareLaunchArgument("config", default_value=default_config, description="Parameters file of the node."),
+        DeclareLaunchArgument("node_name", default_value="threeam_tracker", description="Name of the node."),
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node."),
+    ]
+    arguments += [
+        DeclareLaunchArgument(arg, default_value="", description=f"Overrides {param} when not empty.")
+        for arg, param in PARAMETER_ARGUMENTS.items()
+    ]
+    arguments += [
+        DeclareLaunchArgument(arg, default_value=target, description=f"Topic remapped onto the node's '{inner}'.")
+        for arg, (inner, target) in REMAPPING_ARGUMENTS.items()
+    ]
+    return LaunchDescription(arguments + [OpaqueFunction(function=_tracker_node)])

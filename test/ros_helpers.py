@@ -1,0 +1,268 @@
+"""Test harness for the tracker node: the node in its own process, and a test client node in this one.
+
+Everything waits on events (service availability, matched publishers, message arrival) with deadlines, never on
+fixed sleeps. ROS tests must run inside scripts/isolated.sh (checked by `require_isolation`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "tracker.yaml"
+NODE = "/threeam_tracker"
+# A tiny random-weight SAM 2 on one CPU thread: what every node test runs.
+TINY = {"model.random_weights_tiny": True, "model.image_size": 64, "model.device": "cpu", "model.cpu_threads": 1}
+W, H = 128, 96
+
+
+def require_isolation() -> None:
+    if os.environ.get("THREEAM_ISOLATED") != "1":
+        pytest.fail("ROS tests must run network-isolated: bash scripts/isolated.sh python -m pytest ...")
+
+
+def _ros_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"'{value}'" if value else "''"
+    return str(value)
+
+
+class NodeProcess:
+    """`python -m threeam_ros.tracker_node` with config/tracker.yaml and `-p` overrides; output goes to a log file."""
+
+    def __init__(self, log_path: pathlib.Path, params: dict, config: pathlib.Path = CONFIG):
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "threeam_ros.tracker_node", "--ros-args", "--params-file", str(config)]
+        for name, value in params.items():
+            cmd += ["-p", f"{name}:={_ros_value(value)}"]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+def frame(index: int, width: int = W, height: int = H) -> np.ndarray:
+    """A smooth synthetic RGB frame with a bright square drifting right."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xs * 255 // max(width - 1, 1), ys * 255 // max(height - 1, 1), np.full_like(xs, 90)], axis=2)
+    x0 = (10 + 2 * index) % max(width - 30, 1)
+    rgb[30:60, x0 : x0 + 25] = (250, 240, 40)
+    return rgb.astype(np.uint8)
+
+
+class Received:
+    """Messages of one topic with their arrival times (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: list[tuple[float, object]] = []
+
+    def add(self, msg) -> None:
+        with self._lock:
+            self._items.append((time.monotonic(), msg))
+
+    def items(self) -> list[tuple[float, object]]:
+        with self._lock:
+            return list(self._items)
+
+    def messages(self) -> list:
+        return [m for _, m in self.items()]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class Client:
+    """The test-side node: publishes camera frames, calls the tracker's services, records its outputs."""
+
+    def __init__(self, name: str = "threeam_test_client", transport: str = "raw", node: str = NODE):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from threeam_interfaces.msg import TrackedObjectArray
+        from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject, Reset
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.image_pub = self.node.create_publisher(
+            CompressedImage if transport == "compressed" else Image, "image", qos_profile_sensor_data
+        )
+        self.labels, self.objects, self.overlay, self.diagnostics = Received(), Received(), Received(), Received()
+        self.node.create_subscription(Image, f"{node}/labels", self.labels.add, 50)
+        self.node.create_subscription(TrackedObjectArray, f"{node}/objects", self.objects.add, 50)
+        self.node.create_subscription(Image, f"{node}/overlay", self.overlay.add, 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.add, 50)
+        self.clients = {
+            "add_prompt": self.node.create_client(AddPrompt, f"{node}/add_prompt"),
+            "remove_object": self.node.create_client(RemoveObject, f"{node}/remove_object"),
+            "reset": self.node.create_client(Reset, f"{node}/reset"),
+            "list_objects": self.node.create_client(ListObjects, f"{node}/list_objects"),
+        }
+        self.types = {
+            "add_prompt": AddPrompt,
+            "remove_object": RemoveObject,
+            "reset": Reset,
+            "list_objects": ListObjects,
+        }
+        self._executor = SingleThreadedExecutor(context=self.context)
+        self._executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self._executor.spin, daemon=True)
+        self._spinner.start()
+        self.published = 0
+
+    def wait_ready(self, node_proc: NodeProcess | None = None, timeout: float = 60.0) -> None:
+        """Until every service answers discovery and the node's subscription and publishers are matched."""
+        deadline = time.monotonic() + timeout
+        for name, client in self.clients.items():
+            while not client.wait_for_service(timeout_sec=1.0):
+                if node_proc is not None and not node_proc.alive():
+                    pytest.fail(f"the tracker node died while starting:\n{node_proc.log()[-4000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"service {name} never appeared")
+        wait_until(lambda: self.image_pub.get_subscription_count() >= 1, deadline - time.monotonic(), "image sub")
+        for topic in ("labels", "objects"):
+            wait_until(
+                lambda t=topic: self.node.count_publishers(f"{NODE}/{t}") >= 1, deadline - time.monotonic(), topic
+            )
+
+    def call(self, service: str, timeout: float = 30.0, **fields):
+        """Call a service with the request fields given; returns the response (fails the test on timeout)."""
+        request = self.types[service].Request(**fields)
+        return self.call_request(service, request, timeout)
+
+    def call_request(self, service: str, request, timeout: float = 30.0):
+        future = self.clients[service].call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            pytest.fail(f"service {service} did not answer within {timeout} s")
+        return future.result()
+
+    def stamp(self):
+        return self.node.get_clock().now().to_msg()
+
+    def publish(self, rgb: np.ndarray, encoding: str = "rgb8", frame_id: str = "camera"):
+        """Publish a frame stamped now; returns its header."""
+        from std_msgs.msg import Header
+
+        from threeam_ros import conversions
+
+        header = Header(stamp=self.stamp(), frame_id=frame_id)
+        if encoding in ("jpeg", "png"):
+            msg = conversions.rgb_to_compressed(rgb, header, encoding)
+        else:
+            msg = conversions.rgb_to_image(rgb, header, encoding)
+        self.image_pub.publish(msg)
+        self.published += 1
+        return header
+
+    def publish_raw(self, msg) -> None:
+        self.image_pub.publish(msg)
+        self.published += 1
+
+    def labels_for(self, stamp, timeout: float = 20.0, after: int = 0):
+        """The first label image (from index `after` on) whose header stamp equals `stamp`."""
+
+        def find():
+            for msg in self.labels.messages()[after:]:
+                if msg.header.stamp == stamp:
+                    return msg
+            return None
+
+        return wait_until(find, timeout, f"label image for stamp {stamp.sec}.{stamp.nanosec:09d}")
+
+    def objects_for(self, stamp, timeout: float = 20.0):
+        return wait_until(
+            lambda: next((m for m in self.objects.messages() if m.header.stamp == stamp), None),
+            timeout,
+            "objects message",
+        )
+
+    def publish_and_wait(self, rgb: np.ndarray, encoding: str = "rgb8", timeout: float = 20.0):
+        """Publish one frame and wait for its label image (re-publishing it if the best-effort sample was lost)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            header = self.publish(rgb, encoding)
+            try:
+                return header, self.labels_for(header.stamp, timeout=min(5.0, deadline - time.monotonic()))
+            except pytest.fail.Exception:
+                if time.monotonic() >= deadline:
+                    raise
+
+    def diagnostics_totals(self) -> dict[str, str]:
+        """Key/values of the newest diagnostics message of the tracker."""
+        msgs = [m for m in self.diagnostics.messages() if m.status and m.status[0].name.startswith(NODE)]
+        if not msgs:
+            return {}
+        return {kv.key: kv.value for kv in msgs[-1].status[0].values}
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.01):
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` s pass (test fails)."""
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def labels_array(msg) -> np.ndarray:
+    from threeam_ros import conversions
+
+    return conversions.image_to_labels(msg)
+
+
+def mask_image(mask: np.ndarray):
+    from std_msgs.msg import Header
+
+    from threeam_ros import conversions
+
+    return conversions.mask_to_image(mask, Header())
+
+
+def rect_mask(x0: int, y0: int, x1: int, y1: int, width: int = W, height: int = H) -> np.ndarray:
+    mask = np.zeros((height, width), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask

@@ -1,0 +1,198 @@
+"""ROS image messages <-> numpy arrays, and the overlay drawn for RViz.
+
+Decoding accepts what cameras send (any row padding, either byte order for 16-bit data) and refuses anything it
+cannot read with a `ConversionError` that says what was wrong, so the node can log it and keep running.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+
+# encoding -> (channels, bytes per channel, channel order of the data)
+COLOR_ENCODINGS = {
+    "rgb8": (3, "rgb"),
+    "bgr8": (3, "bgr"),
+    "rgba8": (4, "rgba"),
+    "bgra8": (4, "bgra"),
+    "mono8": (1, "mono"),
+}
+LABEL_ENCODINGS = ("mono16", "mono8")
+MASK_ENCODINGS = ("mono8", "8UC1")
+_HOST_BIG_ENDIAN = sys.byteorder == "big"
+
+
+class ConversionError(ValueError):
+    """A message that cannot be turned into an image; the message says what to send instead."""
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8; any step) -> (H, W, 3) uint8 RGB, a fresh array."""
+    if msg.encoding not in COLOR_ENCODINGS:
+        raise ConversionError(f"unsupported image encoding {msg.encoding!r}; send one of {', '.join(COLOR_ENCODINGS)}")
+    channels, order = COLOR_ENCODINGS[msg.encoding]
+    pixels = _unpack(msg, channels, np.uint8)
+    if order == "rgb":
+        return pixels.copy()
+    if order == "bgr":
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    if order == "rgba":
+        return cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
+    if order == "bgra":
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(pixels[..., 0], cv2.COLOR_GRAY2RGB)
+
+
+def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg or png, colour or grey) -> (H, W, 3) uint8 RGB."""
+    fmt = msg.format.lower()
+    if fmt and not any(name in fmt for name in ("jpeg", "jpg", "png")):
+        raise ConversionError(f"unsupported compressed format {msg.format!r}; send jpeg or png")
+    data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
+    if data.size == 0:
+        raise ConversionError("compressed image has no data")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise ConversionError(
+            f"compressed image ({data.size} bytes, format {msg.format!r}) could not be decoded: "
+            "truncated, or not jpeg/png"
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def image_to_mask(msg: Image) -> np.ndarray | None:
+    """A prompt mask (mono8 / 8UC1, non-zero = object) -> (H, W) bool; None for an empty message (no mask)."""
+    if msg.width == 0 and msg.height == 0 and len(msg.data) == 0:
+        return None
+    if msg.encoding not in MASK_ENCODINGS:
+        raise ConversionError(
+            f"mask encoding {msg.encoding!r} is not supported; send mono8 or 8UC1 (non-zero = object)"
+        )
+    return _unpack(msg, 1, np.uint8)[..., 0] > 0
+
+
+def image_to_labels(msg: Image) -> np.ndarray:
+    """A label image (mono16 or mono8) -> (H, W) uint16 ids. The inverse of `labels_to_image`, for clients."""
+    if msg.encoding not in LABEL_ENCODINGS:
+        raise ConversionError(f"label encoding {msg.encoding!r} is not supported; expected mono16 or mono8")
+    dtype = np.uint16 if msg.encoding == "mono16" else np.uint8
+    return _unpack(msg, 1, dtype)[..., 0].astype(np.uint16)
+
+
+def _unpack(msg: Image, channels: int, dtype) -> np.ndarray:
+    """Check an Image's geometry against its data and return an (H, W, C) view without the row padding."""
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise ConversionError(f"image is empty: {w}x{h} pixels (WxH)")
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = w * channels * itemsize
+    if step < row_bytes:
+        raise ConversionError(
+            f"step {step} is smaller than a row of {w} {msg.encoding} pixels ({row_bytes} bytes); fix the step field"
+        )
+    need = step * (h - 1) + row_bytes
+    if len(msg.data) < need:
+        raise ConversionError(
+            f"image data is truncated: {len(msg.data)} bytes for {w}x{h} {msg.encoding} with step {step} "
+            f"(need at least {need})"
+        )
+    if step % itemsize:
+        raise ConversionError(f"step {step} is not a multiple of the {itemsize}-byte sample size")
+    raw = np.frombuffer(memoryview(msg.data), dtype=np.uint8, count=need)
+    # Rows start every `step` bytes; padding after the last pixel of a row is skipped by the stride.
+    rows = np.lib.stride_tricks.as_strided(raw, shape=(h, row_bytes), strides=(step, 1))
+    pixels = rows.view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")) if itemsize > 1 else rows
+    return pixels.reshape(h, w, channels).astype(dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+def rgb_to_image(rgb: np.ndarray, header, encoding: str = "rgb8") -> Image:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image in `encoding` (rgb8, bgr8, rgba8, bgra8 or mono8), no padding."""
+    if encoding not in COLOR_ENCODINGS:
+        raise ConversionError(f"cannot encode to {encoding!r}; use one of {', '.join(COLOR_ENCODINGS)}")
+    order = COLOR_ENCODINGS[encoding][1]
+    code = {
+        "bgr": cv2.COLOR_RGB2BGR,
+        "rgba": cv2.COLOR_RGB2RGBA,
+        "bgra": cv2.COLOR_RGB2BGRA,
+        "mono": cv2.COLOR_RGB2GRAY,
+    }
+    pixels = rgb if order == "rgb" else cv2.cvtColor(rgb, code[order])
+    return _pack(pixels, header, encoding)
+
+
+def labels_to_image(labels: np.ndarray, header, encoding: str = "mono16") -> Image:
+    """(H, W) integer ids -> mono16 or mono8 sensor_msgs/Image (pixel = object id, 0 = background)."""
+    if encoding not in LABEL_ENCODINGS:
+        raise ConversionError(f"label encoding must be mono16 or mono8, got {encoding!r}")
+    dtype = np.uint16 if encoding == "mono16" else np.uint8
+    if labels.size and int(labels.max()) > np.iinfo(dtype).max:
+        raise ConversionError(f"object id {int(labels.max())} does not fit a {encoding} label image")
+    return _pack(labels.astype(dtype, copy=False), header, encoding)
+
+
+def mask_to_image(mask: np.ndarray, header) -> Image:
+    """(H, W) bool mask -> mono8 sensor_msgs/Image (255 = object)."""
+    return _pack(mask.astype(np.uint8) * np.uint8(255), header, "mono8")
+
+
+def rgb_to_compressed(rgb: np.ndarray, header, fmt: str = "jpeg", quality: int = 90) -> CompressedImage:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/CompressedImage (jpeg or png)."""
+    if fmt not in ("jpeg", "png"):
+        raise ConversionError(f"compressed format must be jpeg or png, got {fmt!r}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
+    ok, buf = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ConversionError(f"could not encode a {rgb.shape} image as {fmt}")
+    msg = CompressedImage(header=header, format=fmt)
+    msg.data = buf.tobytes()
+    return msg
+
+
+def _pack(pixels: np.ndarray, header, encoding: str) -> Image:
+    pixels = np.ascontiguousarray(pixels)
+    h, w = pixels.shape[:2]
+    msg = Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=int(_HOST_BIG_ENDIAN))
+    msg.step = int(pixels.strides[0])
+    msg.data = pixels.tobytes()
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------- overlay
+
+
+def object_color(obj_id: int) -> tuple[int, int, int]:
+    """A stable, well-spread RGB colour per object id (golden-ratio hue steps)."""
+    hue = int((obj_id * 0.618033988749895 % 1.0) * 180)
+    hsv = np.array([[[hue, 220, 255]]], dtype=np.uint8)
+    r, g, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]
+    return int(r), int(g), int(b)
+
+
+def draw_overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Input frame with each object's pixels tinted in its colour and its id written at the mask's centre."""
+    out = rgb.copy()
+    ids = [int(i) for i in np.unique(labels) if i != 0]
+    if not ids:
+        return out
+    lut = np.zeros((int(labels.max()) + 1, 3), np.float32)
+    for obj_id in ids:
+        lut[obj_id] = object_color(obj_id)
+    covered = labels > 0
+    tint = lut[labels[covered]]
+    out[covered] = np.clip((1 - alpha) * out[covered] + alpha * tint, 0, 255).astype(np.uint8)
+    scale = max(0.3, min(rgb.shape[:2]) / 400)
+    for obj_id in ids:
+        ys, xs = np.nonzero(labels == obj_id)
+        org = (int(xs.mean()), int(ys.mean()))
+        cv2.putText(out, str(obj_id), org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_AA)
+        cv2.putText(out, str(obj_id), org, cv2.FONT_HERSHEY_SIMPLEX, scale, object_color(obj_id), 1, cv2.LINE_AA)
+    return out

@@ -1,0 +1,414 @@
+"""The threeam ROS 2 node: camera frames in, prompts by service, instance masks out.
+
+Threads: the camera callback only stores the newest message in a one-slot buffer (an overwritten message is a
+dropped frame); one worker thread decodes, tracks and publishes it; services run on a multi-threaded executor, so
+they answer while a frame is in the model. Every tracker call holds `_tracker_lock`, so prompts never interleave
+with a frame. A frame whose size differs from the stream's resets all objects and memory with a warning (prompts are
+pixel positions of the old size, so resizing the new frame to the old size would track garbage).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
+
+from threeam_interfaces.msg import TrackedObject, TrackedObjectArray
+from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject, Reset
+from threeam_model.interface import (
+    FrameError,
+    FrameResult,
+    ObjectResult,
+    PromptError,
+    Tracker,
+    TrackerInputError,
+    check_obj_id,
+)
+from threeam_ros import conversions
+from threeam_ros.conversions import ConversionError
+from threeam_ros.frame_slot import LatestFrameSlot
+from threeam_ros.node_stats import NodeStats, diagnostics_message
+from threeam_ros.params import PARAMS, PARAMS_BY_NAME, check_value
+
+NODE_NAME = "threeam_tracker"
+
+
+class ConfigError(ValueError):
+    """A parameter value the node cannot start with."""
+
+
+def build_tracker(cfg: dict) -> tuple[Tracker, str]:
+    """The one place the node makes its model: (tracker, a short description for logs and diagnostics)."""
+    import torch
+
+    from threeam_model.sam2_build import build_sam2
+    from threeam_model.sam2_stream import StreamingSAM2
+
+    device = cfg["model.device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg["model.cpu_threads"] > 0:
+        torch.set_num_threads(cfg["model.cpu_threads"])
+    if cfg["model.threeam_checkpoint"] or cfg["reid.enabled"]:
+        raise ConfigError("model.threeam_checkpoint and reid.enabled need threeam_model.factory, not in this install")
+    tiny = cfg["model.random_weights_tiny"]
+    if not tiny and not cfg["model.sam2_checkpoint"]:
+        raise ConfigError("set model.sam2_checkpoint to a SAM 2.1 checkpoint (or model.random_weights_tiny for tests)")
+    variant = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}[cfg["model.variant"]]
+    try:
+        model = build_sam2(
+            variant,
+            None if tiny else cfg["model.sam2_checkpoint"],
+            cfg["model.image_size"],
+            device,
+            tiny=tiny,
+            seed=cfg["model.seed"],
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise ConfigError(str(exc)) from exc
+    tracker = StreamingSAM2(
+        model,
+        max_cond_frames=cfg["tracker.max_conditioning_frames"],
+        max_objects=cfg["tracker.max_objects"],
+        dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg["model.dtype"]],
+    )
+    name = "SAM 2 tiny RANDOM WEIGHTS" if tiny else f"SAM 2.1-{cfg['model.variant']}"
+    return tracker, f"{name} @{cfg['model.image_size']} {device} {cfg['model.dtype']}"
+
+
+class TrackerNode(Node):
+    def __init__(self, **node_kwargs):
+        super().__init__(NODE_NAME, **node_kwargs)
+        for p in PARAMS:
+            self.declare_parameter(
+                p.name, p.default, ParameterDescriptor(description=p.description, read_only=p.read_only)
+            )
+        self.cfg = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+        problems = [why for p in PARAMS if (why := check_value(p, self.cfg[p.name]))]
+        if problems:
+            raise ConfigError("; ".join(problems))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        if self.cfg["model.random_weights_tiny"]:
+            self.get_logger().warning(
+                "!!! model.random_weights_tiny is true: a TINY SAM 2 WITH RANDOM WEIGHTS. Its masks are meaningless; "
+                "this is for tests and demos only. Set model.sam2_checkpoint for real tracking. !!!"
+            )
+        self._tracker, self._model_name = build_tracker(self.cfg)
+        self._tracker_lock = threading.Lock()  # serialises every tracker call
+        self._state_lock = threading.Lock()  # guards the small snapshot below; never held during inference
+        self._frame_header = None  # header of the tracker's current frame (None: no frame since start/reset)
+        self._frame_rgb: np.ndarray | None = None
+        self._stream_size: tuple[int, int] | None = None  # (H, W) of the current stream
+        self._objects: dict[int, ObjectResult] = {}  # newest state of each tracked object
+
+        self._stats = NodeStats()
+        self._slot = LatestFrameSlot()
+        self._log_times: dict[str, float] = {}
+
+        out_qos = QoSProfile(depth=self.cfg["publish.queue_depth"])
+        self._pub_labels = self.create_publisher(Image, self.cfg["topics.labels"], out_qos)
+        self._pub_objects = self.create_publisher(TrackedObjectArray, self.cfg["topics.objects"], out_qos)
+        self._pub_overlay = self.create_publisher(Image, self.cfg["topics.overlay"], out_qos)
+        self._pub_diag = self.create_publisher(DiagnosticArray, self.cfg["topics.diagnostics"], 10)
+
+        in_qos = qos_profile_sensor_data if self.cfg["input.qos"] == "sensor_data" else QoSProfile(depth=1)
+        in_qos = QoSProfile(
+            history=in_qos.history,
+            depth=self.cfg["input.qos_depth"],
+            reliability=in_qos.reliability,
+            durability=in_qos.durability,
+        )
+        in_type = CompressedImage if self.cfg["input.transport"] == "compressed" else Image
+        self._sub = self.create_subscription(
+            in_type, self.cfg["topics.image"], self._on_image, in_qos, callback_group=MutuallyExclusiveCallbackGroup()
+        )
+        services = ReentrantCallbackGroup()
+        self.create_service(AddPrompt, "~/add_prompt", self._on_add_prompt, callback_group=services)
+        self.create_service(RemoveObject, "~/remove_object", self._on_remove_object, callback_group=services)
+        self.create_service(Reset, "~/reset", self._on_reset, callback_group=services)
+        self.create_service(ListObjects, "~/list_objects", self._on_list_objects, callback_group=services)
+        self._last_diag = time.monotonic()
+        self.create_timer(
+            self.cfg["diagnostics.period"], self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
+        )
+
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="threeam-inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"tracking {self._sub.topic_name} ({in_type.__name__}, {self.cfg['input.qos']} QoS) "
+            f"with {self._model_name}; "
+            f"labels on {self._pub_labels.topic_name}, services under {self.get_fully_qualified_name()}/"
+        )
+
+    # ------------------------------------------------------------------------------------------ frames
+
+    def _on_image(self, msg) -> None:
+        self._stats.count("frames_received")
+        if self._slot.put((msg, time.perf_counter())):
+            self._stats.count("frames_dropped")
+
+    def _work(self) -> None:
+        while self._running:
+            item = self._slot.take(timeout=0.2)
+            if item is None:
+                continue
+            try:
+                self._process(*item)
+            except Exception as exc:  # the worker must survive anything; say what happened
+                self._stats.count("internal_errors")
+                self._stats.problem(f"internal error: {exc}")
+                self._warn_throttled(
+                    "internal", f"internal error on a frame: {exc}\n{traceback.format_exc()}", error=True
+                )
+
+    def _process(self, msg, t_received: float) -> None:
+        t0 = time.perf_counter()
+        try:
+            rgb = (
+                conversions.compressed_to_rgb(msg)
+                if isinstance(msg, CompressedImage)
+                else conversions.image_to_rgb(msg)
+            )
+        except ConversionError as exc:
+            self._reject(f"frame rejected: {exc}")
+            return
+        t1 = time.perf_counter()
+        with self._tracker_lock:
+            size = rgb.shape[:2]
+            if self._stream_size is not None and size != self._stream_size:
+                self.get_logger().warning(
+                    f"image size changed from {self._stream_size[1]}x{self._stream_size[0]} to {size[1]}x{size[0]} "
+                    f"(WxH): all objects and memory were reset; prompt the objects again"
+                )
+                self._reset_locked()
+            try:
+                result = self._tracker.track(rgb)
+            except FrameError as exc:
+                self._reject(f"frame rejected by the tracker: {exc}")
+                return
+            self._stream_size = size
+            with self._state_lock:
+                self._frame_header, self._frame_rgb = msg.header, rgb
+                self._objects = dict(result.objects)
+        t2 = time.perf_counter()
+        self._publish(msg.header, rgb, result.objects, result.label_image(np.uint16))
+        t3 = time.perf_counter()
+        self._stats.count("frames_processed")
+        stages = {"queue": t0 - t_received, "decode": t1 - t0, "track": t2 - t1, "publish": t3 - t2}
+        stages["node_total"] = t3 - t_received
+        stages.update({f"model.{k}": v for k, v in result.timings.items()})
+        stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        if stamp_ns:
+            stages["since_stamp"] = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
+        self._stats.add_latencies(stages)
+
+    def _reject(self, text: str) -> None:
+        self._stats.count("frames_rejected")
+        self._stats.problem(text)
+        self._warn_throttled("reject", text)
+
+    def _publish(self, header, rgb: np.ndarray, objects: dict[int, ObjectResult], labels: np.ndarray) -> None:
+        encoding = self.get_parameter("publish.label_encoding").value
+        try:
+            self._pub_labels.publish(conversions.labels_to_image(labels, header, encoding))
+        except ConversionError as exc:
+            self._warn_throttled("labels", f"label image not published: {exc}")
+        with_masks = self.get_parameter("publish.object_masks").value
+        array = TrackedObjectArray(header=header)
+        array.objects = [tracked_object(obj, header, with_masks) for _, obj in sorted(objects.items())]
+        self._pub_objects.publish(array)
+        if self.get_parameter("publish.overlay").value:
+            alpha = self.get_parameter("publish.overlay_alpha").value
+            self._pub_overlay.publish(conversions.rgb_to_image(conversions.draw_overlay(rgb, labels, alpha), header))
+
+    # ------------------------------------------------------------------------------------------ services
+
+    def _on_add_prompt(self, req: AddPrompt.Request, resp: AddPrompt.Response) -> AddPrompt.Response:
+        def run():
+            obj_id = check_obj_id(int(req.object_id))
+            if obj_id > 255 and self.get_parameter("publish.label_encoding").value == "mono8":
+                raise PromptError(f"object id {obj_id} does not fit the mono8 label image; use ids 1..255 or mono16")
+            points = labels = None
+            if len(req.points):
+                points = [[p.x, p.y] for p in req.points]
+                labels = [1 if p.positive else 0 for p in req.points]
+            box = list(req.box) if len(req.box) else None
+            mask = conversions.image_to_mask(req.mask)
+            with self._tracker_lock:
+                header = self._frame_header
+                if header is None:
+                    raise PromptError(
+                        "no camera frame tracked yet (or since the last reset); "
+                        f"publish images on {self._sub.topic_name}"
+                    )
+                if (req.stamp.sec or req.stamp.nanosec) and req.stamp != header.stamp:
+                    raise PromptError(
+                        f"frame stamp {_stamp_str(req.stamp)} is not in memory: the node keeps only its newest frame "
+                        f"({_stamp_str(header.stamp)}); send stamp 0 to prompt the newest frame"
+                    )
+                is_new = obj_id not in self._tracker.object_ids
+                if is_new and len(self._tracker.object_ids) >= self.cfg["tracker.max_objects"]:
+                    raise PromptError(
+                        f"already tracking tracker.max_objects = {self.cfg['tracker.max_objects']} objects; "
+                        f"remove one first"
+                    )
+                result = self._tracker.add_prompt(obj_id, points=points, labels=labels, box=box, mask=mask)
+                with self._state_lock:
+                    self._objects[obj_id] = result
+                    objects, rgb = dict(self._objects), self._frame_rgb
+                if self.get_parameter("publish.after_prompt").value:
+                    # Under the tracker lock, so it cannot overtake the next frame's outputs.
+                    frame = FrameResult(self._tracker.frame_index, rgb.shape[:2], objects)
+                    self._publish(header, rgb, objects, frame.label_image(np.uint16))
+            resp.object = tracked_object(result, header, self.get_parameter("publish.object_masks").value)
+            verb = "started" if is_new else "refined"
+            return (
+                f"object {obj_id} {verb} on frame {_stamp_str(header.stamp)}: {int(result.mask.sum())} pixels, "
+                f"score {result.score:.2f}"
+            )
+
+        return self._answer(resp, run)
+
+    def _on_remove_object(self, req: RemoveObject.Request, resp: RemoveObject.Response) -> RemoveObject.Response:
+        def run():
+            obj_id = check_obj_id(int(req.object_id))
+            with self._tracker_lock:
+                if obj_id not in self._tracker.object_ids:
+                    raise PromptError(f"unknown object id {obj_id}; tracked ids: {self._tracker.object_ids or 'none'}")
+                self._tracker.remove_object(obj_id)
+                with self._state_lock:
+                    self._objects.pop(obj_id, None)
+                left = self._tracker.object_ids
+            return f"object {obj_id} removed; still tracking {left or 'no objects'}"
+
+        return self._answer(resp, run)
+
+    def _on_reset(self, req: Reset.Request, resp: Reset.Response) -> Reset.Response:
+        def run():
+            with self._tracker_lock:
+                n = len(self._tracker.object_ids)
+                self._reset_locked()
+            return f"reset: forgot {n} object(s) and all memory; the next frame starts a new stream"
+
+        return self._answer(resp, run)
+
+    def _on_list_objects(self, req: ListObjects.Request, resp: ListObjects.Response) -> ListObjects.Response:
+        def run():
+            # Answers from the snapshot, without waiting for a frame in the model.
+            with self._state_lock:
+                header, objects = self._frame_header, dict(self._objects)
+            header = header if header is not None else Image().header
+            resp.objects = [tracked_object(obj, header, False) for _, obj in sorted(objects.items())]
+            return f"{len(objects)} object(s): {sorted(objects) or 'none'}"
+
+        return self._answer(resp, run)
+
+    def _answer(self, resp, run):
+        """Fill success/message: input errors become a refusal with the reason; nothing escapes to the executor."""
+        try:
+            resp.message = run()
+            resp.success = True
+        except (TrackerInputError, ConversionError) as exc:
+            resp.success, resp.message = False, str(exc)
+        except Exception as exc:
+            self._stats.count("internal_errors")
+            self.get_logger().error(f"internal error in a service call: {exc}\n{traceback.format_exc()}")
+            resp.success, resp.message = False, f"internal error: {type(exc).__name__}: {exc}"
+        return resp
+
+    def _reset_locked(self) -> None:
+        """Forget all objects and memory (caller holds _tracker_lock)."""
+        self._tracker.reset()
+        self._stream_size = None
+        with self._state_lock:
+            self._frame_header, self._frame_rgb, self._objects = None, None, {}
+
+    # ------------------------------------------------------------------------------------------ housekeeping
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        snap = self._stats.snapshot(now - self._last_diag)
+        self._last_diag = now
+        with self._state_lock:
+            n = len(self._objects)
+        name = f"{self.get_fully_qualified_name()}: tracking"
+        self._pub_diag.publish(diagnostics_message(snap, name, self.get_clock().now().to_msg(), n, self._model_name))
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            spec = PARAMS_BY_NAME.get(param.name)
+            why = check_value(spec, param.value) if spec else None
+            if why is None and param.name == "publish.label_encoding" and param.value == "mono8":
+                with self._state_lock:
+                    too_big = [i for i in self._objects if i > 255]
+                if too_big:
+                    why = f"objects {too_big} have ids above 255, which mono8 cannot hold; remove them first"
+            if why:
+                return SetParametersResult(successful=False, reason=why)
+        return SetParametersResult(successful=True)
+
+    def _warn_throttled(self, key: str, text: str, period: float = 2.0, error: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._log_times.get(key, -1e9) >= period:
+            self._log_times[key] = now
+            (self.get_logger().error if error else self.get_logger().warning)(text)
+
+    def close(self) -> None:
+        self._running = False
+        self._slot.close()
+        self._worker.join(timeout=10.0)
+
+
+def tracked_object(obj: ObjectResult, header, with_mask: bool) -> TrackedObject:
+    msg = TrackedObject(object_id=obj.obj_id, score=float(obj.score), visible=bool(obj.visible))
+    msg.reacquired = bool(getattr(obj, "reacquired", False))
+    if obj.box is not None:
+        x0, y0, x1, y1 = obj.box
+        msg.bbox = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0 + 1, height=y1 - y0 + 1)
+    if with_mask:
+        msg.mask = conversions.mask_to_image(obj.mask, header)
+    return msg
+
+
+def _stamp_str(stamp: Time) -> str:
+    return f"{stamp.sec}.{stamp.nanosec:09d}"
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = TrackerNode()
+    except ConfigError as exc:
+        print(f"tracker_node: cannot start: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
