@@ -19,6 +19,7 @@ Prompted objects come back with `ObjectResult.reacquired = True`; every prompt i
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import time
 
@@ -49,6 +50,7 @@ class ReIDConfig:
     cooldown_frames: int = 1  # after prompting an object, skip it for this many frames
     prompt: str = "box+point"  # what the re-acquisition prompt holds: "box+point", "box" or "point"
     max_events: int = 256  # cap of the event log
+    prompt_as_conditioning: bool = True  # the base keeps a re-id prompt as a conditioning frame (where it can)
 
     def __post_init__(self):
         if self.prompt not in ("box+point", "box", "point"):
@@ -174,6 +176,26 @@ def _deepest_pixel(mask: np.ndarray) -> tuple[int, int]:
     inner = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(np.argmax(inner), inner.shape)
     return int(y), int(x)
+
+
+@contextlib.contextmanager
+def _conditioning_prompt(base: Tracker, wanted: bool):
+    """Make the base keep the next prompt as a conditioning frame.
+
+    SAM 2 treats a prompt on an object it already tracked on this frame as a correction, which official SAM 2
+    (`add_all_frames_to_correct_as_cond=False`) does not keep as a conditioning frame. A re-identification prompt
+    marks a new appearance of the object, so it should condition the memory like a first prompt. Bases that expose
+    `correction_as_cond` (StreamingSAM2 and trackers built on it) get it switched on for this one prompt.
+    """
+    if not wanted or not hasattr(base, "correction_as_cond"):
+        yield
+        return
+    before = base.correction_as_cond
+    base.correction_as_cond = True
+    try:
+        yield
+    finally:
+        base.correction_as_cond = before
 
 
 @dataclasses.dataclass
@@ -339,7 +361,8 @@ class GeometricReID(Tracker):
         pts = np.stack(points) if use_points else None
         lab = np.array(labels, np.int32) if use_points else None
         bx = box if cfg.prompt != "point" else None
-        result = self.base.add_prompt(obj_id, points=pts, labels=lab, box=bx)
+        with _conditioning_prompt(self.base, cfg.prompt_as_conditioning):
+            result = self.base.add_prompt(obj_id, points=pts, labels=lab, box=bx)
         state.last_prompt_frame = self.frame_index
         self.events.append(
             ReIDEvent(
