@@ -55,14 +55,31 @@ PARAMS: tuple[Param, ...] = (
         "input.qos_depth", 5, "Input queue depth. The node keeps only the newest frame whatever this is.", min_value=1
     ),
     # ---- model
+    Param(
+        "model.method",
+        "auto",
+        "sam2: plain streaming SAM 2; 3am: SAM 2 + MUSt3R + Feature Merger; auto: 3am when "
+        "model.threeam_checkpoint is set, else sam2.",
+        choices=("auto", "sam2", "3am"),
+    ),
     Param("model.variant", "tiny", "SAM 2.1 backbone size.", choices=("tiny", "small", "base_plus", "large")),
-    Param("model.sam2_checkpoint", "", "Path to the official SAM 2.1 checkpoint (.pt) of model.variant."),
+    Param(
+        "model.sam2_checkpoint",
+        "auto",
+        "Official SAM 2.1 checkpoint (.pt) of model.variant: a path, or auto (the weights folder, filled by "
+        "threeam-download-weights).",
+    ),
     Param(
         "model.threeam_checkpoint",
         "",
         "Path to a 3AM checkpoint (Feature Merger + fine-tuned heads). Empty: plain streaming SAM 2.",
     ),
-    Param("model.must3r_checkpoint", "", "Path to the MUSt3R checkpoint (needed by 3AM and by reid.source must3r)."),
+    Param(
+        "model.must3r_checkpoint",
+        "auto",
+        "MUSt3R checkpoint for method 3am: a path, or auto (the weights folder).",
+    ),
+    Param("model.must3r", "512", "MUSt3R release for method 3am: 512 or 224.", choices=("512", "224")),
     Param("model.device", "auto", "Torch device: auto (cuda if available), cuda, cuda:N or cpu."),
     Param(
         "model.dtype",
@@ -86,9 +103,15 @@ PARAMS: tuple[Param, ...] = (
         min_value=1,
     ),
     Param(
+        "tracker.must3r_max_keyframes",
+        32,
+        "MUSt3R memory cap in images (method 3am).",
+        min_value=1,
+    ),
+    Param(
         "tracker.max_conditioning_frames",
-        4,
-        "Per object, the most prompted frames kept in memory (oldest non-first dropped).",
+        8,
+        "Per object, the most prompted frames kept in memory (the oldest leaves first).",
         min_value=1,
     ),
     # ---- publishing

@@ -20,6 +20,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -50,42 +51,42 @@ class ConfigError(ValueError):
 
 
 def build_tracker(cfg: dict) -> tuple[Tracker, str]:
-    """The one place the node makes its model: (tracker, a short description for logs and diagnostics)."""
+    """The one place the node makes its model, through threeam_model.factory: (tracker, a description for logs)."""
     import torch
 
-    from threeam_model.sam2_build import build_sam2
-    from threeam_model.sam2_stream import StreamingSAM2
+    from threeam_model.factory import TrackerConfig, build_tracker
 
-    device = cfg["model.device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg["model.cpu_threads"] > 0:
         torch.set_num_threads(cfg["model.cpu_threads"])
-    if cfg["model.threeam_checkpoint"] or cfg["reid.enabled"]:
-        raise ConfigError("model.threeam_checkpoint and reid.enabled need threeam_model.factory, not in this install")
+    if cfg["reid.enabled"]:
+        raise ConfigError("reid.enabled: the re-identification mode is not available through the factory yet")
     tiny = cfg["model.random_weights_tiny"]
-    if not tiny and not cfg["model.sam2_checkpoint"]:
-        raise ConfigError("set model.sam2_checkpoint to a SAM 2.1 checkpoint (or model.random_weights_tiny for tests)")
-    variant = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}[cfg["model.variant"]]
+    method = cfg["model.method"]
+    if method == "auto":
+        method = "3am" if cfg["model.threeam_checkpoint"] else "sam2"
+    checkpoint = lambda name: None if tiny else (cfg[name] or None)  # noqa: E731  ("" = none)
     try:
-        model = build_sam2(
-            variant,
-            None if tiny else cfg["model.sam2_checkpoint"],
-            cfg["model.image_size"],
-            device,
+        config = TrackerConfig(
+            method=method,
+            variant=cfg["model.variant"],
+            image_size=cfg["model.image_size"],
+            must3r=cfg["model.must3r"],
+            sam2_checkpoint=checkpoint("model.sam2_checkpoint"),
+            must3r_checkpoint=checkpoint("model.must3r_checkpoint"),
+            threeam_checkpoint=checkpoint("model.threeam_checkpoint"),
+            device=cfg["model.device"],
+            dtype=cfg["model.dtype"],
+            max_objects=cfg["tracker.max_objects"],
+            max_conditioning_frames=cfg["tracker.max_conditioning_frames"],
+            must3r_max_keyframes=cfg["tracker.must3r_max_keyframes"],
             tiny=tiny,
             seed=cfg["model.seed"],
         )
+        tracker = build_tracker(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise ConfigError(str(exc)) from exc
-    tracker = StreamingSAM2(
-        model,
-        max_cond_frames=cfg["tracker.max_conditioning_frames"],
-        max_objects=cfg["tracker.max_objects"],
-        dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg["model.dtype"]],
-    )
-    name = "SAM 2 tiny RANDOM WEIGHTS" if tiny else f"SAM 2.1-{cfg['model.variant']}"
-    return tracker, f"{name} @{cfg['model.image_size']} {device} {cfg['model.dtype']}"
+        raise ConfigError(f"cannot build the model: {exc}") from exc
+    name = config.describe() + (" RANDOM WEIGHTS" if tiny else "")
+    return tracker, f"{name} @{cfg['model.image_size']} {config.torch_device} {cfg['model.dtype']}"
 
 
 class TrackerNode(Node):
@@ -392,7 +393,7 @@ def main(args=None) -> int:
     rclpy.init(args=args)
     try:
         node = TrackerNode()
-    except ConfigError as exc:
+    except (ConfigError, ParameterException) as exc:
         print(f"tracker_node: cannot start: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
