@@ -174,6 +174,8 @@ def write_overlay_video(source, label_dir, path, fps: float = 10.0) -> pathlib.P
             gt = (f.instance > 0).astype(np.uint8)
             contours, _ = cv2.findContours(gt, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(bgr, contours, -1, (255, 255, 255), 1)
+            # MPEG-4 needs even sizes (the encoder would crop an odd row): pad a black row / column instead.
+            bgr = np.pad(bgr, ((0, bgr.shape[0] % 2), (0, bgr.shape[1] % 2), (0, 0)))
             if writer is None:
                 h, w = bgr.shape[:2]
                 writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))

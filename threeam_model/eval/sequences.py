@@ -8,21 +8,21 @@ Layouts (`open_sequences(path, layout)`):
   masks (DAVIS-2016) are object 1.
 - ``synthetic``: scenes written by `threeam_model.data.synthetic.generate_scene` (a ``scene.json`` per scene), one
   scene or a folder of scenes.
-- ``replica`` and ``scannetpp``: an instance-folder layout, one folder per scene, frames and 16-bit instance-id
-  PNGs with the same stem (natural sort order, so ``rgb_10`` follows ``rgb_9``)::
+- ``scannetpp``: ScanNet++ iPhone scenes read by `threeam_model.data.readers.ScanNetPPScene`: `path` is the
+  release's ``data/`` folder and ``obj_id_root`` the folder of per-frame object-id maps that the ScanNet++ toolkit
+  writes (prep steps in that reader's docstring: ``iphone.prepare_iphone_data``, then ``semantic.prep.rasterize``
+  and ``semantic.prep.semantics_2d`` with ``save_objid_gt_2d``). This is the paper's "project the 3D instance
+  masks with the GT poses". Scenes: the names given, else every folder under ``obj_id_root``. Subsample long
+  scenes with ``stride``.
+- ``replica`` (or any pre-rendered scene): one folder per scene, frames and 16-bit instance-id PNGs with the same
+  stem or the same frame number (natural sort order, so ``rgb_10`` follows ``rgb_9``)::
 
-      <scene>/rgb/<stem>.(jpg|png)            RGB frames
-      <scene>/instance/<stem>.png             uint16 object id per pixel, 0 = unlabelled / background
+      <scene>/rgb/<stem>.(jpg|png)            RGB frames                       (image_dir, default "rgb")
+      <scene>/instance/<stem>.png             uint16 object id per pixel, 0 = background   (label_dir)
 
-  Prep, Replica (the paper renders Replica scenes and projects the 3D instance labels): render RGB and
-  per-pixel instance ids along a camera trajectory (e.g. with habitat-sim's semantic sensor, or use the
-  Semantic-NeRF Replica renders, whose ``semantic_instance/semantic_instance_<i>.png`` are such maps: pass
-  ``--label-dir semantic_instance``).
-  Prep, ScanNet++ (the paper projects the 3D instance masks with GT poses): extract the iPhone RGB frames with the
-  ScanNet++ toolkit (``python -m iphone.prepare_iphone_data``), rasterise the mesh into each frame and write the
-  per-pixel object ids of the 3D instance annotation (the toolkit's ``semantic`` 2D projection scripts) as uint16
-  PNGs named like the frames. Subsample frames consistently for images and labels.
-  Folder names are options (``image_dir``, ``label_dir``) so other renders fit without copying.
+  Prep: render RGB and per-pixel instance ids of the Replica meshes along a camera trajectory (e.g. habitat-sim's
+  RGB and semantic sensors), or take the Semantic-NeRF Replica renders, whose ``rgb/rgb_<i>.png`` and
+  ``semantic_instance/semantic_instance_<i>.png`` are such pairs (``label_dir="semantic_instance"``).
 
 Thinning (`Thinned`): every `stride`-th frame, at most `max_frames` frames, and frames whose longer side exceeds
 `max_side` downscaled (RGB with area averaging, instance ids with nearest neighbour). Scores are then computed at
@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from threeam_model.data.frames import Frame, VideoSource
-from threeam_model.data.readers import MoseVideo, SyntheticScene
+from threeam_model.data.readers import MoseVideo, ScanNetPPScene, SyntheticScene
 
 LAYOUTS = ("davis", "synthetic", "replica", "scannetpp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -167,7 +167,12 @@ def _davis_sequences(path: pathlib.Path) -> list[VideoSource]:
 
 
 def open_sequences(
-    path, layout: str, image_dir: str | None = None, label_dir: str | None = None, names: list[str] | None = None
+    path,
+    layout: str,
+    image_dir: str | None = None,
+    label_dir: str | None = None,
+    names: list[str] | None = None,
+    obj_id_root=None,
 ) -> list[VideoSource]:
     """All sequences of `layout` under `path` (a sequence folder itself, or a folder of them), sorted by name."""
     path = pathlib.Path(path)
@@ -180,7 +185,13 @@ def open_sequences(
         if not dirs:
             raise FileNotFoundError(f"{path} holds no synthetic scene (no scene.json)")
         seqs = [SyntheticScene(d) for d in dirs]
-    elif layout in ("replica", "scannetpp"):
+    elif layout == "scannetpp":
+        if obj_id_root is None:
+            raise ValueError("the scannetpp layout needs obj_id_root: the toolkit's per-frame object-id folder")
+        obj_id_root = pathlib.Path(obj_id_root)
+        scene_ids = names or sorted(p.name for p in obj_id_root.iterdir() if p.is_dir())
+        seqs = [ScanNetPPScene(path, scene, obj_id_root) for scene in scene_ids]
+    elif layout == "replica":
         img, lab = image_dir or "rgb", label_dir or "instance"
         dirs = [path] if (path / img).is_dir() else sorted(p for p in path.iterdir() if (p / img).is_dir())
         if not dirs:
