@@ -182,17 +182,15 @@ def build_threeam(cfg: TrackerConfig):
     from threeam_model.tracker import ThreeAMTracker
 
     device = cfg.torch_device
-    sam2 = build_sam2_model(cfg)
-    must3r = build_must3r_model(cfg)
     payload = None
-    if cfg.threeam_checkpoint is not None:
+    if cfg.threeam_checkpoint is not None:  # checked first: a mismatch is refused before minutes of model loading
         payload = threeam_checkpoint.read_checkpoint(cfg.threeam_checkpoint)
         threeam_checkpoint.check_compatible(
             payload, {"sam2_variant": cfg.variant, "must3r": cfg.must3r}, source=str(cfg.threeam_checkpoint)
         )
-        merger_cfg = threeam_checkpoint.merger_config(payload)
-    else:
-        merger_cfg = merger_config_for(sam2, must3r)
+    sam2 = build_sam2_model(cfg)
+    must3r = build_must3r_model(cfg)
+    merger_cfg = threeam_checkpoint.merger_config(payload) if payload else merger_config_for(sam2, must3r)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         merger = FeatureMerger(merger_cfg)

@@ -276,45 +276,41 @@ def track_video(
         written.add(index)
 
     bar = tqdm(total=todo, desc=f"{PROG} {source.video_name}", unit="frame", disable=not progress, file=sys.stderr)
-    before: list[np.ndarray] = []  # frames 0..K, kept for the backward pass only
+
+    def step(index: int, rgb: np.ndarray, prompt: bool) -> None:
+        t0 = time.perf_counter()
+        result = tracker.track(rgb)
+        if prompt:
+            result = _prompt_all(tracker, prompts, index)
+        times.append(time.perf_counter() - t0)
+        save(index, result)
+        bar.update()
+
+    before: list[np.ndarray | None] = []  # frames 0..K, kept for the backward pass only
+    reached = False
     tracker.reset()
     for i, rgb in enumerate(source):
         size = rgb.shape[:2]
-        if i < prompt_frame:
-            if backward:
-                before.append(rgb)
-            continue
+        if i <= prompt_frame and backward:
+            before.append(rgb)
         if i == prompt_frame:
-            if backward:
-                before.append(rgb)
-            t0 = time.perf_counter()
-            tracker.track(rgb)
-            save(i, _prompt_all(tracker, prompts, i))
-            times.append(time.perf_counter() - t0)
-            bar.update()
+            reached = True
             if not forward:
                 break
-            continue
-        t0 = time.perf_counter()
-        result = tracker.track(rgb)
-        times.append(time.perf_counter() - t0)
-        save(i, result)
-        bar.update()
-    if len(before) <= prompt_frame and backward:
-        raise UsageError(f"the video ended after {len(before)} frames, before the prompt frame {prompt_frame}")
+        if forward and i >= prompt_frame:
+            step(i, rgb, prompt=i == prompt_frame)
+    if not reached:
+        raise UsageError(f"the video ended before the prompt frame {prompt_frame}")
     if backward:
         tracker.reset()
-        tracker.track(before[prompt_frame])
-        _prompt_all(tracker, prompts, prompt_frame)  # frame K itself is already written by the forward pass
-        if not forward:
-            bar.update()
+        if forward:  # frame K is written already: only restart the prompts there
+            tracker.track(before[prompt_frame])
+            _prompt_all(tracker, prompts, prompt_frame)
+        else:
+            step(prompt_frame, before[prompt_frame], prompt=True)
         for i in range(prompt_frame - 1, -1, -1):
-            t0 = time.perf_counter()
-            result = tracker.track(before[i])
-            times.append(time.perf_counter() - t0)
-            save(i, result)
-            bar.update()
             before[i + 1] = None  # release frames as soon as the pass is past them
+            step(i, before[i], prompt=False)
     bar.close()
     blank = np.zeros(size, np.uint8) if size else None
     for i in range(len(source)):  # frames outside the tracked range: background only
@@ -401,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     m.add_argument("--max-objects", type=int, default=16)
+    m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     o = p.add_argument_group("output")
     o.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
     o.add_argument("--no-video", action="store_true", help="do not write the overlay MP4")
@@ -484,6 +481,8 @@ def _run(args) -> int:
             f"note: {note}", file=sys.stderr
         )
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"{PROG}: {cfg.describe()} on {cfg.torch_device}; {len(source)} frames, objects "
           f"{sorted(prompts)} prompted on frame {prompt_frame}", file=sys.stderr)  # fmt: skip
     tracker = build_tracker(cfg)
