@@ -99,6 +99,8 @@ def build_sam2(
         raise ValueError(f"image_size must be {allowed}, got {image_size}")
 
     config_name, weights_name = VARIANTS["t" if tiny else variant]
+    if checkpoint is not None and str(checkpoint) == "auto":
+        checkpoint = find_weights(weights_name)
     feat = image_size // 16
     overrides = list(_VIDEO_PREDICTOR_OVERRIDES) + (_TINY_OVERRIDES if tiny else [])
     overrides += [
@@ -116,8 +118,7 @@ def build_sam2(
     model.fill_hole_area = 0
 
     if checkpoint is not None:
-        path = find_weights(weights_name) if str(checkpoint) == "auto" else checkpoint
-        load_checkpoint(model, path)
+        load_checkpoint(model, checkpoint)
     return model.to(device).eval()
 
 

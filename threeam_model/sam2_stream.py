@@ -89,9 +89,18 @@ class StreamingSAM2(Tracker):
     max_cond_frames: conditioning frames kept per object (>= 1).
     max_objects: most objects tracked at once; adding more raises PromptError.
     dtype: torch.float32, or torch.bfloat16 to run the model under autocast (CPU or CUDA).
+    correction_as_cond: whether a correction on a tracked frame becomes a conditioning frame; None follows the
+        model's `add_all_frames_to_correct_as_cond` (False in the official video predictor).
     """
 
-    def __init__(self, model, max_cond_frames: int = 8, max_objects: int = 16, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        model,
+        max_cond_frames: int = 8,
+        max_objects: int = 16,
+        dtype: torch.dtype = torch.float32,
+        correction_as_cond: bool | None = None,
+    ):
         if max_cond_frames < 1:
             raise ValueError(f"max_cond_frames must be >= 1, got {max_cond_frames}")
         if max_objects < 1:
@@ -103,7 +112,9 @@ class StreamingSAM2(Tracker):
         self.max_objects = max_objects
         self.dtype = dtype
         self.device = model.device
-        self.correction_as_cond = bool(getattr(model, "add_all_frames_to_correct_as_cond", False))
+        if correction_as_cond is None:
+            correction_as_cond = getattr(model, "add_all_frames_to_correct_as_cond", False)
+        self.correction_as_cond = bool(correction_as_cond)
         # how far back the next frame reads: memory features, and object pointers
         r = model.memory_temporal_stride_for_eval
         self._mem_window = max(model.num_maskmem - 2, 0) * r + 1 if model.num_maskmem > 1 else 0

@@ -1,0 +1,255 @@
+"""StreamingSAM2 behaviour on a tiny random-weight SAM 2.1 (CPU): bounded state, object independence, reset, the
+memory-feature hook, input errors. Parity with the official predictor is in test_sam2_stream_parity.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from threeam_model.interface import FrameError, PromptError, Tracker, TrackerInputError
+from threeam_model.sam2_build import build_sam2
+from threeam_model.sam2_stream import StreamingSAM2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_sam2(tiny=True, seed=4)
+
+
+def moving_frames(n, h=48, w=64, seed=0):
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 80, size=(h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        f = background.copy()
+        f[(yy - 20) ** 2 + (xx - 10 - (i % 40)) ** 2 < 8**2] = (220, 70, 60)
+        f[(yy >= 30) & (xx >= 40 - (i % 20)) & (xx < 55 - (i % 20))] = (50, 190, 100)
+        yield f
+
+
+def logits_of(result):
+    return {obj_id: obj.mask_logits for obj_id, obj in result.objects.items()}
+
+
+def test_implements_tracker_and_reports_results(model):
+    tracker = StreamingSAM2(model)
+    assert isinstance(tracker, Tracker)
+    assert tracker.frame_index == -1 and tracker.object_ids == []
+    frames = moving_frames(3)
+    first = tracker.track(next(frames))
+    assert first.frame_index == 0 and first.image_size == (48, 64) and first.objects == {}
+    obj = tracker.add_prompt(7, points=[[10, 20]])
+    assert obj.obj_id == 7 and obj.mask_logits.shape == (48, 64) and obj.mask_logits.dtype == np.float32
+    assert 0.0 <= obj.score <= 1.0 and (obj.mask == (obj.mask_logits > 0)).all()
+    result = tracker.track(next(frames))
+    assert result.frame_index == 1 and list(result.objects) == [7] and tracker.object_ids == [7]
+    assert {"image_encoder", "memory_features", "objects", "total"} <= set(result.timings)
+
+
+@pytest.mark.slow
+def test_state_is_flat_over_2000_frames(model):
+    """Stored tensor bytes stop growing once every object's windows are full (16 frames after its last prompt), with
+    prompts, corrections that become conditioning frames beyond the cap, and an object added mid-stream."""
+    tracker = StreamingSAM2(model, max_cond_frames=2, correction_as_cond=True)
+    nbytes, prompted = [], set()
+    for i, frame in enumerate(moving_frames(2000, h=32, w=40)):
+        tracker.track(frame)
+        nbytes.append(tracker.state_nbytes())
+        if i == 0:
+            tracker.add_prompt(1, points=[[10, 20]])
+        elif i == 3:
+            tracker.add_prompt(2, box=[20, 18, 38, 30])
+        elif i in (4, 7, 10) or i % 250 == 100:  # corrections: conditioning frames beyond the cap of 2
+            tracker.add_prompt(1, points=[[12, 20]], labels=[1])
+        else:
+            continue
+        prompted.add(i)
+        for obj_id in tracker.object_ids:
+            held = tracker.memory_frames(obj_id)
+            assert len(held["cond"]) <= 2 and len(held["non_cond"]) <= 16
+    steady = nbytes[10 + 16]  # the last early prompt was on frame 10
+    assert steady > 0
+    # never above the steady value, and exactly it wherever no prompt happened in the last 16 frames
+    assert max(nbytes[16:]) == steady
+    quiet = [i for i in range(16, 2000) if not any(i - 16 <= p <= i for p in prompted)]
+    assert len(quiet) > 1500 and {nbytes[i] for i in quiet} == {steady}
+    held = tracker.memory_frames(1)
+    assert held["non_cond"] == list(range(1984, 2000)) and len(held["cond"]) == 2
+
+
+def test_removing_an_object_leaves_the_others_bitwise_unchanged(model):
+    def run(remove_at):
+        tracker = StreamingSAM2(model)
+        per_frame = []
+        for i, frame in enumerate(moving_frames(24)):
+            per_frame.append(logits_of(tracker.track(frame)))
+            if i == 0:
+                tracker.add_prompt(1, points=[[10, 20]])
+                tracker.add_prompt(2, box=[25, 30, 55, 47])
+            if i == 4:
+                tracker.add_prompt(3, points=[[50, 40], [10, 20]], labels=[1, 0])
+            if i == 9:
+                tracker.add_prompt(2, points=[[30, 35]], labels=[1])  # pending correction on the removed object
+            if i == remove_at:
+                tracker.remove_object(2)
+                assert tracker.object_ids == [1, 3]
+        return per_frame
+
+    kept, removed = run(remove_at=None), run(remove_at=9)
+    for i, (a, b) in enumerate(zip(kept, removed, strict=True)):
+        assert set(b) == (set(a) - {2} if i > 9 else set(a))
+        for obj_id in b:
+            assert np.array_equal(a[obj_id], b[obj_id]), f"object {obj_id} changed on frame {i}"
+
+
+def test_reset_returns_to_an_empty_state(model):
+    tracker = StreamingSAM2(model)
+    for i, frame in enumerate(moving_frames(6)):
+        tracker.track(frame)
+        if i == 0:
+            tracker.add_prompt(1, points=[[10, 20]])
+    tracker.reset()
+    assert tracker.object_ids == [] and tracker.frame_index == -1 and tracker.image_size is None
+    assert tracker.state_nbytes() == 0
+    with pytest.raises(PromptError):
+        tracker.add_prompt(1, points=[[1, 1]])
+    # a new stream of another size runs exactly like a fresh predictor
+    fresh = StreamingSAM2(model)
+    for t in (tracker, fresh):
+        frames = moving_frames(5, h=40, w=40, seed=1)
+        t.outputs = []
+        for i, frame in enumerate(frames):
+            t.outputs.append(logits_of(t.track(frame)))
+            if i == 0:
+                t.add_prompt(4, box=[5, 5, 30, 30])
+    for a, b in zip(tracker.outputs, fresh.outputs, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_new_object_and_refinement_do_not_disturb_others(model):
+    def run(with_second):
+        tracker = StreamingSAM2(model)
+        out = []
+        for i, frame in enumerate(moving_frames(12)):
+            out.append(logits_of(tracker.track(frame)).get(1))
+            if i == 0:
+                tracker.add_prompt(1, points=[[10, 20]])
+            if with_second and i == 5:
+                tracker.add_prompt(2, points=[[45, 40]])
+                tracker.add_prompt(2, points=[[30, 40]], labels=[0])
+            if with_second and i == 8:
+                tracker.add_prompt(2, mask=np.pad(np.ones((10, 10), bool), ((30, 8), (30, 24))))
+        return out
+
+    for a, b in zip(run(False), run(True), strict=True):
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_memory_feature_hook_feeds_memory_attention_and_memory_encoder(model):
+    """The overridden stride-16 feature is computed once per frame and is what memory attention and the memory
+    encoder receive; the stride-4/8 features still reach the mask decoder unchanged."""
+
+    class Shifted(StreamingSAM2):
+        calls = 0
+        last = None
+
+        def memory_features(self, backbone_out, frame):
+            assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8
+            Shifted.calls += 1
+            Shifted.last = backbone_out["backbone_fpn"][-1] * 0.5 + 0.1
+            return Shifted.last
+
+    seen = {"mem_enc": [], "mem_attn": []}
+    hooks = [
+        model.memory_encoder.register_forward_pre_hook(lambda m, args: seen["mem_enc"].append(args[0])),
+        model.memory_attention.register_forward_pre_hook(
+            lambda m, args, kwargs: seen["mem_attn"].append(kwargs["curr"][-1]), with_kwargs=True
+        ),
+    ]
+    try:
+        tracker, plain = Shifted(model), StreamingSAM2(model)
+        for i, frame in enumerate(moving_frames(6)):
+            for t in (tracker, plain):
+                if t is tracker:
+                    seen["mem_enc"].clear()
+                    seen["mem_attn"].clear()
+                r = t.track(frame)
+                if i == 0:
+                    t.add_prompt(1, points=[[10, 20]])
+                    t.add_prompt(2, box=[25, 30, 55, 47])
+                    t.add_prompt(2, points=[[40, 40]])
+                if t is tracker and i > 1:
+                    feat = Shifted.last
+                    for x in seen["mem_enc"]:  # (B, C, H, W)
+                        assert torch.equal(x, feat)
+                    for x in seen["mem_attn"]:  # (HW, B, C)
+                        assert torch.equal(x, feat.flatten(2).permute(2, 0, 1))
+                    assert len(seen["mem_enc"]) == len(seen["mem_attn"]) == 2  # one step per object
+                if t is tracker:
+                    shifted = logits_of(r)
+            if i > 0:
+                assert not np.array_equal(shifted[1], logits_of(r)[1])
+        assert Shifted.calls == 6  # once per frame, whatever the objects and prompts
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_bfloat16_autocast_runs_and_roughly_agrees(model):
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        tracker = StreamingSAM2(model, dtype=dtype)
+        for i, frame in enumerate(moving_frames(4)):
+            r = tracker.track(frame)
+            if i == 0:
+                tracker.add_prompt(1, points=[[10, 20]])
+        outs[dtype] = r.objects[1].mask_logits
+    assert np.isfinite(outs[torch.bfloat16]).all()
+    assert np.corrcoef(outs[torch.float32].ravel(), outs[torch.bfloat16].ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda t: t.remove_object(99), PromptError, "not tracked"),
+        (lambda t: t.add_prompt(0, points=[[1, 1]]), PromptError, "1..65535"),
+        (lambda t: t.add_prompt("a", points=[[1, 1]]), PromptError, "integer"),
+        (lambda t: t.add_prompt(2, points=[[64, 10]]), PromptError, "outside"),
+        (lambda t: t.add_prompt(2, points=[[np.nan, 10]]), PromptError, "NaN"),
+        (lambda t: t.add_prompt(2, box=[10, 10, 5, 20]), PromptError, "inverted"),
+        (lambda t: t.add_prompt(2, mask=np.ones((48, 63), bool)), PromptError, "(48, 64)"),
+        (lambda t: t.add_prompt(2, mask=np.zeros((48, 64), bool)), PromptError, "empty"),
+        (lambda t: t.add_prompt(2), PromptError, "at least one"),
+        (lambda t: t.add_prompt(3, points=[[5, 5]]), PromptError, "max_objects"),
+        (lambda t: t.track(np.zeros((48, 65, 3), np.uint8)), FrameError, "reset()"),
+        (lambda t: t.track(np.zeros((0, 64, 3), np.uint8)), FrameError, "empty"),
+        (lambda t: t.track(np.zeros((48, 64), np.uint8)), FrameError, "(H, W, 3)"),
+        (lambda t: t.track(np.zeros((48, 64, 3), np.float32)), FrameError, "uint8"),
+    ],
+)
+def test_bad_input_is_refused_without_changing_state(model, call, error, words):
+    tracker = StreamingSAM2(model, max_objects=2)
+    frames = moving_frames(2)
+    tracker.track(next(frames))
+    tracker.add_prompt(1, points=[[10, 20]])
+    before = (tracker.object_ids, tracker.frame_index, tracker.state_nbytes())
+    with pytest.raises(error, match=None) as info:
+        if "max_objects" in words:
+            tracker.add_prompt(2, points=[[30, 30]])
+        call(tracker)
+    assert isinstance(info.value, TrackerInputError) and words in str(info.value)
+    if "max_objects" not in words:
+        assert (tracker.object_ids, tracker.frame_index, tracker.state_nbytes()) == before
+    tracker.track(next(frames))  # still usable
+
+
+def test_prompt_before_the_first_frame_is_refused(model):
+    with pytest.raises(PromptError, match="track"):
+        StreamingSAM2(model).add_prompt(1, points=[[1, 1]])
+
+
+def test_constructor_checks():
+    model = build_sam2(tiny=True)
+    with pytest.raises(ValueError, match="max_cond_frames"):
+        StreamingSAM2(model, max_cond_frames=0)
+    with pytest.raises(ValueError, match="dtype"):
+        StreamingSAM2(model, dtype=torch.float16)
