@@ -113,3 +113,17 @@ def test_bench_usage_errors(tmp_path, monkeypatch, capsys):
     assert "JPEGImages" in capsys.readouterr().err
     assert main([]) == 2
     assert "give the data folder" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_bench_3am_on_generated_scene(tmp_path):
+    """The 3AM tracker (tiny SAM 2 + tiny MUSt3R + merger) through the same harness."""
+    scene = generate_scene(tmp_path / "room1", seed=5, num_frames=8, width=64, height=48, num_objects=2)
+    out = tmp_path / "out"
+    args = [str(scene), "--layout", "synthetic", "-o", str(out), "--method", "3am", "--tiny", "--device", "cpu",
+            "--no-plots", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((out / "room1" / "result.json").read_text())
+    assert result["method"]["method"] == "3am" and result["method"]["tiny"]
+    assert result["objects"] and all(len(e["per_frame"]["iou"]) == 8 for e in result["objects"].values())
+    assert "| 3am |" in (out / "table.md").read_text()
