@@ -1,0 +1,119 @@
+"""Training configuration: defaults (the paper's recipe), YAML files in training/configs/, and `a.b=value` overrides.
+
+Every key has a default here; a YAML file or an override may only set keys that exist (a typo is an error).
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+
+import yaml
+
+DEFAULTS: dict = {
+    "seed": 0,
+    "model": {
+        "method": "3am",  # "3am" (merger + fine-tuned heads) or "sam2" (plain SAM 2 fine-tuning baseline)
+        "variant": "l",  # SAM 2.1 backbone (paper: large)
+        "image_size": None,  # SAM 2 input side (None: 1024, or 64 when tiny)
+        "must3r": "512",
+        "sam2_checkpoint": "auto",
+        "must3r_checkpoint": "auto",
+        "init_checkpoint": None,  # a 3AM checkpoint to start from (merger + heads)
+        "tiny": False,  # random tiny models (CPU toy runs and tests)
+        "must3r_max_memory_images": 64,
+    },
+    "data": {
+        # list of {"type": synthetic | synthetic_dir | scannetpp | ase | mose, "weight": w, ...type options}
+        "datasets": [
+            {
+                "type": "synthetic",
+                "num_scenes": 8,
+                "num_frames": 40,
+                "width": 160,
+                "height": 120,
+                "num_objects": 4,
+                "lookalike": True,
+                "weight": 1.0,
+            }
+        ],  # fmt: skip
+        "samples_per_epoch": 1000,
+        "num_workers": 0,
+    },
+    "sampling": {
+        "num_frames": 8,  # frames per clip (= SAM 2's memory size)
+        "tau": 0.25,
+        "fov_prob": {"scannetpp": 0.8, "ase": 0.8, "mose": 0.0, "synthetic": 0.8},
+        "max_objects": 3,  # SAM 2.1's max_num_objects
+        "max_candidates": None,
+    },
+    "prompting": {  # SAM 2.1 training schedule (see train/prompting.py)
+        "prob_points": 0.5,
+        "prob_box": 0.5,
+        "num_init_cond_frames": 2,
+        "num_frames_to_correct": 2,
+        "num_correction_points": 7,
+        "prob_correct_from_gt": 0.1,
+        "add_corrected_as_cond": True,
+    },
+    "loss": {"loss_mask": 20.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_class": 1.0},
+    "optim": {
+        "lr": {"merger": 1.0e-5, "memory_attention": 5.0e-6, "mask_decoder": 5.0e-6},
+        "schedule": "cosine",  # SAM 2: cosine from lr to lr / 10 over the run; or "constant"
+        "weight_decay": 0.1,  # SAM 2: 0.1 on weights, 0 on biases and norms
+        "grad_clip": 0.1,  # SAM 2: max L2 norm 0.1 (null: off)
+    },
+    "train": {
+        "iterations": 1_000_000,  # paper: 1M at batch 1
+        "out_dir": "runs/3am",
+        "log_every": 10,
+        "checkpoint_every": 1000,
+        "keep_checkpoints": 3,
+        "device": "auto",  # auto | cpu | cuda
+        "amp_dtype": "float32",  # bfloat16 on GPUs that have it
+        "progress": True,
+    },
+    "must3r": {"cache_dir": None, "cache_dtype": "float16"},  # None: <out_dir>/must3r_cache
+}
+
+
+def _merge(base: dict, update: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        where = f"{path}{key}"
+        if key not in base:
+            raise KeyError(f"unknown config key {where!r}; known here: {sorted(base)}")
+        if key == "fov_prob" and isinstance(value, dict):  # open set: any dataset type may get a probability
+            out[key] = {**base[key], **value}
+        elif isinstance(base[key], dict) and isinstance(value, dict):
+            out[key] = _merge(base[key], value, where + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """'optim.lr.merger=1e-3' -> {"optim": {"lr": {"merger": 0.001}}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key.sub=value")
+    key, value = text.split("=", 1)
+    node: dict = {}
+    cur = node
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = yaml.safe_load(value)
+    return node
+
+
+def load_config(path=None, overrides: list[str] | None = None) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        data = yaml.safe_load(pathlib.Path(path).read_text()) or {}
+        cfg = _merge(cfg, data)
+    for text in overrides or []:
+        cfg = _merge(cfg, parse_override(text))
+    if int(cfg["train"]["iterations"]) < 1:
+        raise ValueError("train.iterations must be >= 1")
+    return cfg
