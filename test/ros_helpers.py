@@ -105,11 +105,11 @@ class Received:
 class Client:
     """The test-side node: publishes camera frames, calls the tracker's services, records its outputs."""
 
-    def __init__(self, name: str = "threeam_test_client", transport: str = "raw", node: str = NODE):
+    def __init__(self, name: str = "threeam_test_client", transport: str = "raw", node: str = NODE, reliable=False):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, qos_profile_sensor_data
         from sensor_msgs.msg import CompressedImage, Image
 
         from threeam_interfaces.msg import TrackedObjectArray
@@ -119,7 +119,9 @@ class Client:
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(name, context=self.context)
         self.image_pub = self.node.create_publisher(
-            CompressedImage if transport == "compressed" else Image, "image", qos_profile_sensor_data
+            CompressedImage if transport == "compressed" else Image,
+            "image",
+            QoSProfile(depth=10) if reliable else qos_profile_sensor_data,
         )
         self.labels, self.objects, self.overlay, self.diagnostics = Received(), Received(), Received(), Received()
         self.node.create_subscription(Image, f"{node}/labels", self.labels.add, 50)
@@ -143,6 +145,7 @@ class Client:
         self._spinner = threading.Thread(target=self._executor.spin, daemon=True)
         self._spinner.start()
         self.published = 0
+        self.camera: Camera | None = None
 
     def wait_ready(self, node_proc: NodeProcess | None = None, timeout: float = 60.0) -> None:
         """Until every service answers discovery and the node's subscription and publishers are matched."""
@@ -223,6 +226,10 @@ class Client:
                 if time.monotonic() >= deadline:
                     raise
 
+    def camera_headers(self) -> list:
+        """Headers of the frames published by a `Camera` on this client."""
+        return list(self.camera.headers) if self.camera is not None else []
+
     def diagnostics_totals(self) -> dict[str, str]:
         """Key/values of the newest diagnostics message of the tracker."""
         msgs = [m for m in self.diagnostics.messages() if m.status and m.status[0].name.startswith(NODE)]
@@ -266,3 +273,48 @@ def rect_mask(x0: int, y0: int, x1: int, y1: int, width: int = W, height: int = 
     mask = np.zeros((height, width), bool)
     mask[y0:y1, x0:x1] = True
     return mask
+
+
+class Camera:
+    """A background camera: publishes `frame(i)` at `rate_hz` until stopped; size and pause can change live."""
+
+    def __init__(self, client: Client, rate_hz: float = 10.0, width: int = W, height: int = H):
+        self.client, self.period = client, 1.0 / rate_hz
+        self.size = (width, height)
+        self.headers: list = []
+        self._run = threading.Event()
+        self._stop = threading.Event()
+        self._publishing = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._run.set()
+        client.camera = self
+        self._thread.start()
+
+    def _loop(self) -> None:
+        i = 0
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            if not self._run.wait(0.1):
+                continue
+            with self._publishing:
+                if not self._run.is_set():
+                    continue
+                width, height = self.size
+                self.headers.append(self.client.publish(frame(i, width, height)))
+            i += 1
+            next_t += self.period
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+            next_t = max(next_t, time.monotonic() - self.period)
+
+    def pause(self) -> None:
+        """Stop publishing; returns once no frame is being published."""
+        self._run.clear()
+        with self._publishing:
+            pass
+
+    def resume(self) -> None:
+        self._run.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
