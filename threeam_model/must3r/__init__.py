@@ -7,11 +7,14 @@ it loads the official checkpoints (strict keys, args parsed without eval) and ma
 from .checkpoint import CheckpointError, load_must3r, save_must3r
 from .decoder import Must3rDecoder, Must3rMemory
 from .encoder import Must3rEncoder
+from .keyframes import KeyframeParams
 from .model import Must3rModel, build_must3r, tiny_must3r
 from .postprocess import postprocess
 from .preprocess import preprocess_image
+from .stream import Must3rFrame, Must3rStream
 
 __all__ = [
-    "CheckpointError", "Must3rDecoder", "Must3rEncoder", "Must3rMemory", "Must3rModel", "build_must3r",
+    "CheckpointError", "KeyframeParams", "Must3rDecoder", "Must3rEncoder", "Must3rFrame", "Must3rMemory",
+    "Must3rModel", "Must3rStream", "build_must3r",
     "load_must3r", "postprocess", "preprocess_image", "save_must3r", "tiny_must3r",
 ]  # fmt: skip

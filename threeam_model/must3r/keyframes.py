@@ -82,7 +82,10 @@ class CoverageIndex:
             trees = []
             for b in range(self.num_bins):
                 chunks = [bins[b] for bins in self._points.values() if len(bins[b])]
-                trees.append(KDTree(np.concatenate(chunks)) if chunks else None)
+                # an unbalanced tree builds ~2x faster and answers the same exact nearest-neighbour queries
+                trees.append(
+                    KDTree(np.concatenate(chunks), balanced_tree=False, compact_nodes=False) if chunks else None
+                )
             self._trees = trees
         return self._trees
 

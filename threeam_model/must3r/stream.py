@@ -36,7 +36,8 @@ class Must3rFrame:
     """MUSt3R's outputs for one frame (batch dim dropped). H', W' = MUSt3R's input size (``true_shape``)."""
 
     enc_tokens: torch.Tensor  # (N, Denc) encoder output
-    feats: dict[int, torch.Tensor]  # layer -> (N, D): 0 = encoder tokens as given, k = output of decoder block k
+    # layer -> (N, D): 0 = encoder tokens as given (Denc), k = output of decoder block k (k = depth: after norm_dec)
+    feats: dict[int, torch.Tensor]
     token_grid: tuple[int, int]  # (h, w) tokens, N = h*w, row-major
     pts3d: torch.Tensor  # (H', W', 3) in the memory's world frame (the reference frame's camera)
     pts3d_local: torch.Tensor  # (H', W', 3) in this frame's camera frame (network output, not rescaled)
