@@ -111,3 +111,19 @@ def test_500_frame_stream_keeps_memory_bounded():
     assert sizes[cap - 1 :] == [cap * 12] * (500 - cap + 1)
     assert stream.memory_images == [0, 1, 496, 497, 498, 499]
     assert stream.memory.labels.shape[1] == cap * 12 and stream.memory.nimgs == 500
+
+
+def test_autocast_dtype_runs_and_stays_close(ref_dir):
+    io = torch.load(ref_dir / "tiny_kv_mlp_io.pt", map_location="cpu", weights_only=True)
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        stream = Must3rStream(
+            load_must3r(ref_dir / "tiny_kv_mlp.pth"), image_size=TABLE_64x48, dtype=dtype, **ALWAYS_KEYFRAME
+        )
+        outs[dtype] = [stream.step(f.numpy()) for f in io["frames_uint8"]]
+        assert stream.memory.values[0].dtype == dtype
+        assert outs[dtype][-1].enc_tokens.dtype == torch.float32  # the encoder runs in float32, as officially
+    for low, ref in zip(outs[torch.bfloat16], outs[torch.float32]):
+        assert low.pts3d.dtype == torch.float32
+        rel = ((low.pts3d - ref.pts3d).norm(dim=-1) / ref.pts3d.norm(dim=-1)).max().item()
+        assert rel < 0.1

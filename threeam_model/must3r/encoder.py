@@ -60,9 +60,10 @@ class Must3rEncoder(nn.Module):
     def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """img (n, 3, H, W) normalised to [-1, 1] -> tokens (n, N, D) and positions (n, N, 2).
 
-        Like the official encoder, it runs in float32 even inside a CUDA autocast region.
+        Like the official encoder, it runs in float32 even inside an autocast region (officially CUDA only; here
+        CPU autocast too, so both devices behave the same).
         """
-        with torch.autocast("cuda", enabled=False):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             x, pos = self.patch_embed(img.to(self.patch_embed.proj.weight.dtype))
             for blk in self.blocks_enc:
                 x = blk(x, pos)
