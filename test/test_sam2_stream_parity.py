@@ -79,7 +79,7 @@ def run_official(model, video_dir, prompts):
     def record(frame_idx, obj_ids, masks, only=None):
         for i, obj_id in enumerate(obj_ids):
             if only is None or obj_id == only:
-                events.append((frame_idx, obj_id, masks[i, 0].float().numpy().copy()))
+                events.append((frame_idx, obj_id, masks[i, 0].float().cpu().numpy().copy()))
 
     def propagate(start, end):
         if start > end or not state["obj_ids"]:

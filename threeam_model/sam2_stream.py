@@ -71,9 +71,15 @@ class _ObjectTrack:
         self.tracked_current = False  # did `track` run this object on the current frame
         self.points: dict | None = None  # accumulated point inputs on the current frame (model coordinates)
         self.pending: tuple[bool, dict] | None = None  # (is_cond, output) of the last prompt on the current frame
+        self.evicted = False  # has a conditioning frame left for the cap
 
     def output_dict(self) -> dict:
-        return {"cond_frame_outputs": self.cond, "non_cond_frame_outputs": self.non_cond}
+        cond = self.cond
+        if self.evicted:
+            # Past the cap, the official predictor attends to the closest conditioning frames in the order its
+            # `select_closest_cond_frames` lists them: latest first. Same order, same floating-point sums.
+            cond = dict(sorted(cond.items(), reverse=True))
+        return {"cond_frame_outputs": cond, "non_cond_frame_outputs": self.non_cond}
 
     def current_output(self, frame_idx: int, is_cond: bool) -> dict | None:
         """The latest output on `frame_idx` (official lookup order: temporary first, then stored)."""
@@ -347,6 +353,7 @@ class StreamingSAM2(Tracker):
                 # the oldest conditioning frame leaves the attention set but stays readable as a recent frame
                 t = min(obj.cond)
                 obj.non_cond.setdefault(t, obj.cond.pop(t))
+                obj.evicted = True
             for t in list(obj.non_cond):
                 out = obj.non_cond[t]
                 if t < f - max(self._ptr_window, self._mem_window):
