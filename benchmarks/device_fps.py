@@ -1,0 +1,130 @@
+"""Tracking FPS on a GPU: 3AM (and SAM 2 alone) at full size, random weights, bfloat16 autocast, 1 and 4 objects.
+
+One script, one run, well under 5 minutes on an H100 (a time budget stops it early and says so):
+
+    python benchmarks/device_fps.py                      # SAM 2.1 b+ / l  x  MUSt3R 224 / 512, on cuda
+    python benchmarks/device_fps.py --tiny --frames 3    # CPU smoke test of the script itself
+
+Random weights: speed does not depend on them (MUSt3R's keyframe policy does, a little: the count of keyframes
+is printed). Frames are 640x480 renders of a synthetic room; FPS counts `track()` calls (all objects) per second,
+timed after warm-up with CUDA synchronisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from threeam_model.data.synthetic import render_scene
+from threeam_model.factory import TrackerConfig, build_tracker
+from threeam_model.sam2_stream import StreamingSAM2
+
+COMBOS = [("b+", "224"), ("b+", "512"), ("l", "224"), ("l", "512")]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prompt(tracker, frame: np.ndarray, n: int) -> None:
+    h, w = frame.shape[:2]
+    for k in range(n):
+        x0 = int(w * k / n)
+        tracker.add_prompt(k + 1, box=[x0 + 2, h // 4, x0 + w // n - 2, 3 * h // 4])
+
+
+def fps(tracker, frames: np.ndarray, objects: int, warmup: int, device) -> float:
+    tracker.reset()
+    tracker.track(frames[0])
+    prompt(tracker, frames[0], objects)
+    for f in frames[1 : 1 + warmup]:
+        tracker.track(f)
+    sync(device)
+    t0 = time.perf_counter()
+    timed = frames[1 + warmup :]
+    for f in timed:
+        tracker.track(f)
+    sync(device)
+    return len(timed) / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny random models on CPU (smoke test)")
+    p.add_argument("--frames", type=int, default=40, help="timed frames per measurement")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--image-size", type=int, default=1024, help="SAM 2 input size")
+    p.add_argument("--combos", default=",".join(f"{v}/{m}" for v, m in COMBOS), help="SAM2/MUSt3R pairs")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", default=None, choices=("bfloat16", "float32"), help="default: bfloat16 (tiny: float32)")
+    p.add_argument("--budget", type=float, default=270.0, help="seconds; combos left when it is spent are skipped")
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore", UserWarning)
+    t_start = time.perf_counter()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("float32" if args.tiny else "bfloat16")
+    if args.tiny:
+        torch.set_num_threads(1)  # tiny models: threads only add contention
+    if not args.tiny and device == "cpu":
+        print("device_fps: no GPU; full-size models on CPU take minutes per frame. Use --tiny for a smoke test.")
+        return 2
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+    print(f"device_fps: torch {torch.__version__}, {name}, {dtype}, {args.frames} timed frames after {args.warmup}")
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    size = (96, 72) if args.tiny else (640, 480)
+    n = 1 + args.warmup + args.frames
+    clip = render_scene(seed=0, num_frames=min(n, 30), width=size[0], height=size[1], num_objects=4)["rgb"]
+    frames = np.stack([clip[i % len(clip)] for i in range(n)])
+    combos = [("tiny", "tiny")] if args.tiny else [tuple(c.split("/")) for c in args.combos.split(",")]
+
+    rows = []
+    for variant, must3r in combos:
+        if time.perf_counter() - t_start > args.budget:
+            print(f"  budget of {args.budget:.0f} s spent: skipping SAM 2.1-{variant} + MUSt3R-{must3r}")
+            continue
+        if args.tiny:
+            cfg = TrackerConfig(tiny=True, device=device, dtype=dtype)
+        else:
+            cfg = TrackerConfig(variant=variant, must3r=must3r, image_size=args.image_size, sam2_checkpoint=None,
+                                must3r_checkpoint=None, device=device, dtype=dtype)  # fmt: skip
+        t0 = time.perf_counter()
+        threeam = build_tracker(cfg)
+        sam2 = StreamingSAM2(threeam.model, dtype=threeam.dtype)  # same SAM 2 model, no MUSt3R
+        build_s = time.perf_counter() - t0
+        with torch.inference_mode():
+            r = {
+                "sam2_1": fps(sam2, frames, 1, args.warmup, threeam.device),
+                "sam2_4": fps(sam2, frames, 4, args.warmup, threeam.device),
+                "3am_1": fps(threeam, frames, 1, args.warmup, threeam.device),
+            }
+            keyframes = len(threeam.must3r.memory_images)
+            r["3am_4"] = fps(threeam, frames, 4, args.warmup, threeam.device)
+        mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+        rows.append((variant, must3r, r, keyframes, mem))
+        print(f"  SAM 2.1-{variant}@{args.image_size if not args.tiny else 64} + MUSt3R-{must3r}: "
+              f"3AM {r['3am_1']:.1f} FPS (1 object), {r['3am_4']:.1f} FPS (4 objects); SAM 2 alone "
+              f"{r['sam2_1']:.1f} / {r['sam2_4']:.1f} FPS; built in {build_s:.0f} s, MUSt3R memory images "
+              f"{keyframes}, peak GPU memory {mem:.1f} GiB", flush=True)  # fmt: skip
+        del threeam, sam2
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    print("\n| SAM 2.1 | MUSt3R | 3AM FPS 1 obj | 3AM FPS 4 obj | SAM 2 FPS 1 obj | SAM 2 FPS 4 obj |")
+    print("|---|---|---|---|---|---|")
+    for variant, must3r, r, _, _ in rows:
+        print(f"| {variant} | {must3r} | {r['3am_1']:.1f} | {r['3am_4']:.1f} | {r['sam2_1']:.1f} | {r['sam2_4']:.1f} |")
+    print(f"device_fps: done in {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
