@@ -7,10 +7,11 @@
 so its outputs equal the official ones frame for frame. What differs is only what is kept:
 
 - no frame images, and image features only for the current frame (prompts reuse them);
-- per object, its conditioning frames (at most `max_cond_frames`, the oldest leave first) and its last few
-  non-conditioning outputs: the memory reads the last `num_maskmem - 1` = 6 (their memory features), the object
-  pointers reach back `max_obj_ptrs_in_encoder - 1` = 15 (only the pointer is kept beyond 6); low-res mask logits
-  only for the current frame (refinement clicks read them).
+- per object, its conditioning frames (at most `max_cond_frames`, the oldest leave first) and its output on the
+  current frame plus the 15 frames before it, which is all a prompt on the current frame or the next frame can
+  read: the memory reads the last `num_maskmem - 1` = 6 frames (their memory features), the object pointers reach
+  back `max_obj_ptrs_in_encoder - 1` = 15 (only the pointer is kept beyond 6); low-res mask logits only for the
+  current frame (refinement clicks read them).
 
 So the state is flat over an endless stream. When an object has more conditioning frames than the cap, the result
 equals the official predictor run with `max_cond_frames_in_attn = max_cond_frames` (it attends to the closest ones,
