@@ -186,3 +186,16 @@ def test_reset_remove_caps_and_bounded_state(models):
     assert tracker.object_ids == [] and tracker.frame_index == -1 and tracker.must3r.frame_count == 0
     res = tracker.track(frames[0][:40])  # a new stream may have another size
     assert res.image_size == (40, 96) and res.frame_index == 0
+
+
+def test_bfloat16_autocast_untrained_equivalence_and_must3r_in_float32(scene, models):
+    """Under bfloat16 autocast the untrained 3AM still equals SAM 2; MUSt3R's pose fitting stays float32."""
+    sam2, must3r_model = models
+    rgb, inst = scene["rgb"][:4], scene["instance"][:4]
+    ref = _run(StreamingSAM2(sam2, dtype=torch.bfloat16), rgb, inst)
+    tracker = _threeam(sam2, must3r_model, dtype=torch.bfloat16)
+    got = _run(tracker, rgb, inst)
+    for g, r in zip(got, ref):
+        for k in r:
+            assert np.array_equal(g[k][0], r[k][0])
+    assert tracker.last_must3r.c2w.dtype == torch.float32

@@ -83,7 +83,9 @@ class ThreeAMTracker(StreamingSAM2):
 
     def memory_features(self, backbone_out: dict, frame: np.ndarray) -> torch.Tensor:
         t0 = time.perf_counter()
-        self.last_must3r = self.must3r.step(frame)
+        # MUSt3R applies its own autocast (decoder only; pose and focal fitting need float32): leave the tracker's
+        with torch.autocast(self.device.type, enabled=False):
+            self.last_must3r = self.must3r.step(frame)
         t1 = time.perf_counter()
         merged = merge_features(self.merger, backbone_out["backbone_fpn"][-1], self.last_must3r, frame.shape[:2])
         self._merge_timings = {"must3r": t1 - t0, "merger": time.perf_counter() - t1}
