@@ -361,14 +361,14 @@ def demo_scores(scene_dir: pathlib.Path, mask_dir: pathlib.Path, obj_ids) -> dic
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description=__doc__.split("\n\n")[0] + ".",
+        description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", nargs="?", help="video file or folder of images (sorted by name)")
     p.add_argument("-o", "--output", default="threeam_output", help="output folder (default: %(default)s)")
     p.add_argument("--demo", action="store_true", help="track a generated synthetic clip, prompted from its truth")
-    p.add_argument("--demo-frames", type=int, default=24, help="length of the demo clip (default: %(default)s)")
+    p.add_argument("--demo-frames", type=int, default=16, help="length of the demo clip (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="demo scene seed and random-weight seed")
     g = p.add_argument_group("prompts (on --frame)")
     g.add_argument("--frame", type=int, default=0, help="index of the prompted frame (default: 0)")
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--direction", choices=("both", "forward", "backward"), default="both")
     m = p.add_argument_group("model")
-    m.add_argument("--method", choices=("3am", "sam2"), default="3am")
+    m.add_argument("--method", choices=("3am", "sam2"), default="3am", help="3AM (default) or plain SAM 2")
     m.add_argument("--variant", default=None, help="SAM 2.1 size: t, s, b+, l (default: t; demo: t)")
     m.add_argument("--image-size", type=int, default=None, help="SAM 2 input size: 1024 or 512 (demo: 512)")
     m.add_argument("--must3r", choices=("224", "512"), default=None, help="MUSt3R release (default 512; demo 224)")
@@ -395,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--random-weights", action="store_true", help="do not look for weights: random ones")
     m.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs; masks meaningless)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    m.add_argument("--max-objects", type=int, default=16)
+    m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16: autocast")
+    m.add_argument("--max-objects", type=int, default=16, help="cap on tracked objects (default: 16)")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     o = p.add_argument_group("output")
     o.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
