@@ -11,6 +11,8 @@ after the base tracker has run:
    pixels: the base is prompted on this frame (a conditioning input) with a box and a point drawn from the prior.
 3. Distractor veto: the base's mask lies mostly away from the prior and far from the anchor while the anchor is
    visible elsewhere: an identity switch. It is corrected the same way (plus a negative point on the wrong object).
+   Optionally (`reject_out_of_view`, for static scenes) a mask that reappears far from an anchor whose place is out
+   of view is rejected with a negative point alone.
 4. The anchor learns the (kept or corrected) mask's world points.
 
 Prompted objects come back with `ObjectResult.reacquired = True`; every prompt is also logged in `events`.
@@ -31,6 +33,7 @@ from threeam_model.reid.anchor import ObjectAnchor
 from threeam_model.reid.geometry import FrameGeometry, GeometrySource, downsample_mask, grid_stride
 
 OUT_OF_VIEW, OCCLUDED, VACATED, TOO_SMALL, VISIBLE = "out_of_view", "occluded", "vacated", "too_small", "visible"
+_TRACE_POINTS = 256  # world points kept of the previous frame's mask, to tell a continuous track from a jump
 
 
 @dataclasses.dataclass
@@ -44,6 +47,7 @@ class ReIDConfig:
     max_points_per_update: int = 2048  # mask points added to the anchor per frame (evenly subsampled)
     min_anchor_voxels: int = 10  # an anchor smaller than this neither re-acquires nor vetoes
     min_prior_pixels: int = 64  # the prior must cover this many frame pixels to act on it
+    hull_margin: float = 0.25  # widening of the bounding sphere that may hold unseen sides, times the extent
     min_support_frac: float = 0.3  # supported share of the anchor points not hidden by a nearer occluder
     veto_max_near_frac: float = 0.2  # a mask with less than this share on the prior is a veto candidate
     update_min_near_frac: float = 0.3  # a mature anchor learns only masks with at least this share on the prior
@@ -51,6 +55,9 @@ class ReIDConfig:
     prompt: str = "box+point"  # what the re-acquisition prompt holds: "box+point", "box" or "point"
     max_events: int = 256  # cap of the event log
     prompt_as_conditioning: bool = True  # the base keeps a re-id prompt as a conditioning frame (where it can)
+    # a mask that reappears after a gap far from the anchor while the anchor's place is out of view is rejected
+    # (negative point): right for static scenes, wrong when the object was carried elsewhere while unseen
+    reject_out_of_view: bool = False
 
     def __post_init__(self):
         if self.prompt not in ("box+point", "box", "point"):
@@ -86,7 +93,7 @@ class AnchorView:
 class ReIDEvent:
     frame_index: int
     obj_id: int
-    kind: str  # "reacquire" or "veto"
+    kind: str  # "reacquire", "veto" or "reject" (only a negative point: the base's mask is not the object)
     points: np.ndarray  # (N, 2) frame pixels (x, y) sent to the base tracker
     labels: np.ndarray  # (N,) 1 = object, 0 = not the object
     box: np.ndarray | None  # (4,) x0, y0, x1, y1 frame pixels
@@ -109,8 +116,11 @@ def locate(anchor: ObjectAnchor, geo: FrameGeometry, cfg: ReIDConfig) -> AnchorV
     tol = cfg.depth_tol * z
     front = anchor.extent + tol  # the object's own near side may stand this far in front of a remembered point
     with np.errstate(invalid="ignore"):
-        support = known & (d >= z - front) & (d <= z + tol)
-        occluded = known & (d < z - front)
+        at = np.abs(d - z) <= tol
+        # a surface in front of a remembered point is the object's own near side only if it lies inside the object
+        hiding = known & ~at & (d >= z - front) & (d < z) & _inside(anchor, geo.points[i, j], tol, cfg)
+        support = known & at | hiding
+        occluded = known & ~support & (d < z)
         vacated = known & (d > z + tol)
     n_sup, n_occ, n_vac = int(support.sum()), int(occluded.sum()), int(vacated.sum())
     prior = np.zeros((h, w), bool)
@@ -147,9 +157,17 @@ def _splat_prior(geo: FrameGeometry, anchor: ObjectAnchor, i, j, z, cfg: ReIDCon
     with np.errstate(invalid="ignore"):
         tol = cfg.depth_tol * far
         roi = (d <= far + tol) & (d >= near - anchor.extent - tol)  # NaN depth compares False
+        roi &= _inside(anchor, geo.points[i0:i1, j0:j1], cfg.depth_tol * d, cfg)
     prior = np.zeros((h, w), bool)
     prior[i0:i1, j0:j1] = roi
     return prior
+
+
+def _inside(anchor: ObjectAnchor, points: np.ndarray, tol, cfg: ReIDConfig) -> np.ndarray:
+    """Which world points may belong to the object: within its bounding sphere, widened by `tol` and, since the
+    anchor holds only the sides seen so far, by `hull_margin` times its extent."""
+    dist = np.linalg.norm(points.astype(np.float64) - anchor.centre, axis=-1)
+    return dist <= (0.5 + cfg.hull_margin) * anchor.extent + tol
 
 
 def prompt_from_prior(prior: np.ndarray, stride: int, image_size: tuple[int, int]):
@@ -203,6 +221,7 @@ class _ObjectState:
     anchor: ObjectAnchor
     view: AnchorView | None = None
     last_prompt_frame: int = -(10**9)
+    prev_points: np.ndarray | None = None  # (<= _TRACE_POINTS, 3) world points of last frame's mask; None if absent
 
 
 class GeometricReID(Tracker):
@@ -319,25 +338,66 @@ class GeometricReID(Tracker):
         mature = len(anchor) >= cfg.min_anchor_voxels
         state.view = view = locate(anchor, geo, cfg) if len(anchor) else None
         mask_g = downsample_mask(obj.mask, geo.stride) if obj.visible else None
+        present = mask_g is not None and bool(mask_g.any())
         cooled = frame_index - state.last_prompt_frame > cfg.cooldown_frames
 
-        if mature and cooled and view is not None and view.state == VISIBLE:
-            if not obj.visible or mask_g is None or not mask_g.any():
-                return self._reprompt(obj_id, state, "reacquire", None)
-            near = self._near_frac(state, mask_g)
-            if near < cfg.veto_max_near_frac and self._far_from_anchor(anchor, mask_g, geo):
-                return self._reprompt(obj_id, state, "veto", mask_g)
-        if mask_g is None or not mask_g.any():
-            return None
-        if view is not None and view.state == VACATED and obj.score >= 0.5:
+        corrected = None
+        if mature and cooled and view is not None:
+            if view.state == VISIBLE:
+                if not present:
+                    corrected = self._reprompt(obj_id, state, "reacquire", None)
+                elif self._near_frac(state, mask_g) < cfg.veto_max_near_frac and self._far_from_anchor(anchor, mask_g):
+                    corrected = self._reprompt(obj_id, state, "veto", mask_g)
+            elif (
+                cfg.reject_out_of_view
+                and present
+                and view.state == OUT_OF_VIEW
+                and self._far_from_anchor(anchor, mask_g)
+                and self._jumped(state, mask_g)
+            ):
+                corrected = self._reprompt(obj_id, state, "reject", mask_g)
+        if corrected is None and present:
+            self._update_anchor(state, mask_g, obj.score)
+        final = corrected if corrected is not None else obj
+        state.prev_points = self._trace(downsample_mask(final.mask, geo.stride)) if final.visible else None
+        return corrected
+
+    def _update_anchor(self, state: _ObjectState, mask_g: np.ndarray, score: float) -> None:
+        """Learn a kept mask when it agrees with the anchor. (Learning a continuous track while the anchor is out of
+        view was tried: it let look-alike jumps into the anchor and cost 11 points of recall on the benchmark.)"""
+        cfg, anchor, view = self.config, state.anchor, state.view
+        if view is not None and view.state == VACATED and score >= 0.5:
             anchor.clear()  # its old place is seen empty while the base follows it: the object moved
             self._learn(state, mask_g)
-        elif not mature or self._near_frac(state, mask_g) >= cfg.update_min_near_frac:
+            return
+        agrees = len(anchor) < cfg.min_anchor_voxels or self._near_frac(state, mask_g) >= cfg.update_min_near_frac
+        if not agrees and view is not None and view.prior_count:
+            # the mask holds most of the prior: a close-up or a new side around what the anchor knows
+            agrees = (mask_g & view.prior).sum() >= 0.5 * view.prior_count
+        if agrees:
             self._learn(state, mask_g)
-        return None
 
-    def _far_from_anchor(self, anchor: ObjectAnchor, mask_g: np.ndarray, geo: FrameGeometry) -> bool:
+    def _trace(self, mask_g: np.ndarray) -> np.ndarray | None:
+        pts = self._geo.points[mask_g & self._geo.valid]
+        if len(pts) == 0:
+            return None
+        if len(pts) > _TRACE_POINTS:
+            pts = pts[np.linspace(0, len(pts) - 1, _TRACE_POINTS).round().astype(np.int64)]
+        return pts.astype(np.float64)
+
+    def _jumped(self, state: _ObjectState, mask_g: np.ndarray) -> bool:
+        """The mask does not continue last frame's mask: absent then, or most of it now lies beyond the object's
+        size from every point of it."""
+        now = self._trace(mask_g)
+        if state.prev_points is None or now is None:
+            return True
+        gap = np.sqrt(((now[:, None, :] - state.prev_points[None]) ** 2).sum(-1).min(axis=1))
+        depth = float(np.nanmedian(self._geo.depth[mask_g]))
+        return float(np.median(gap)) > state.anchor.extent + self.config.depth_tol * depth
+
+    def _far_from_anchor(self, anchor: ObjectAnchor, mask_g: np.ndarray) -> bool:
         """The mask's median world point lies farther from the anchor's centre than the object's size allows."""
+        geo = self._geo
         pts = geo.points[mask_g & geo.valid]
         if len(pts) == 0:
             return False
@@ -346,23 +406,31 @@ class GeometricReID(Tracker):
         return float(np.linalg.norm(med - anchor.centre)) > anchor.extent + self.config.depth_tol * depth
 
     def _reprompt(self, obj_id: int, state: _ObjectState, kind: str, wrong_mask: np.ndarray | None):
+        """Prompt the base for `obj_id` on this frame: positive point / box from the prior (reacquire, veto), plus
+        a negative point on the wrong mask (veto, reject)."""
         t0 = time.perf_counter()
         geo, cfg = self._geo, self.config
-        point, box = prompt_from_prior(state.view.prior, geo.stride, self._image_size)
-        if point is None:
-            return None
-        points, labels = [point], [1]
+        h, w = self._image_size
+        points, labels, box = [], [], None
+        if kind != "reject":
+            point, box = prompt_from_prior(state.view.prior, geo.stride, self._image_size)
+            if point is None:
+                return None
+            points.append(point)
+            labels.append(1)
         if wrong_mask is not None:
-            wy, wx = _deepest_pixel(wrong_mask & ~state.view.prior)
-            h, w = self._image_size
+            prior = state.view.prior if state.view.prior is not None else np.zeros_like(wrong_mask)
+            wy, wx = _deepest_pixel(wrong_mask & ~prior)
             points.append(np.array([min(wx * geo.stride, w - 1), min(wy * geo.stride, h - 1)], np.float32))
             labels.append(0)
-        use_points = cfg.prompt != "box" or wrong_mask is not None
-        pts = np.stack(points) if use_points else None
-        lab = np.array(labels, np.int32) if use_points else None
-        bx = box if cfg.prompt != "point" else None
+        if cfg.prompt == "point" or kind == "reject":
+            box = None
+        if cfg.prompt == "box" and wrong_mask is None:
+            points, labels = [], []
+        pts = np.stack(points) if points else None
+        lab = np.array(labels, np.int32) if points else None
         with _conditioning_prompt(self.base, cfg.prompt_as_conditioning):
-            result = self.base.add_prompt(obj_id, points=pts, labels=lab, box=bx)
+            result = self.base.add_prompt(obj_id, points=pts, labels=lab, box=box)
         state.last_prompt_frame = self.frame_index
         self.events.append(
             ReIDEvent(
@@ -371,12 +439,12 @@ class GeometricReID(Tracker):
                 kind,
                 pts if pts is not None else np.zeros((0, 2), np.float32),
                 lab if lab is not None else np.zeros(0, np.int32),
-                bx,
+                box,
                 state.view.prior_count * geo.stride**2,
                 bool(result.visible),
             )
         )
-        if result.visible:
+        if result.visible and kind != "reject":
             mask_g = downsample_mask(result.mask, geo.stride)
             if self._near_frac(state, mask_g) >= cfg.update_min_near_frac:
                 self._learn(state, mask_g)
