@@ -72,6 +72,10 @@ def test_frame_contract_fields():
     np.testing.assert_allclose(out.to_original([[0, 0], [224, 224]]), [[40, 0], [160, 120]])
     second = stream.step(frame)
     assert second.frame_index == 1 and second.memory_images == [0, 1]  # the init pair is always in memory
+    third = stream.step(frame, keyframe=False)  # the caller can override the policy
+    assert not third.is_keyframe and stream.memory_images == [0, 1]
+    fourth = stream.step(frame, keyframe=True)
+    assert fourth.is_keyframe and stream.memory_images == [0, 1, 3]
     stream.reset()
     assert stream.memory_images == [] and stream.memory_tokens == 0
     with pytest.raises(RuntimeError, match="needs a memory"):
@@ -91,6 +95,7 @@ def test_parameters_are_checked():
         Must3rStream(model, percentile=101)
 
 
+@pytest.mark.slow  # about 10 s alone, more on a loaded 2-core machine
 def test_500_frame_stream_keeps_memory_bounded():
     cap, protected = 6, 2
     stream = Must3rStream(

@@ -172,8 +172,12 @@ class Must3rStream:
         return self._frame(prep, tokens, feats[0], out, seq_focal or focal_now, c2w, False, -1, float("nan"))
 
     @torch.no_grad()
-    def step(self, frame: np.ndarray) -> Must3rFrame:
-        """Process the next frame of the stream; it enters the memory if the keyframe policy says so."""
+    def step(self, frame: np.ndarray, keyframe: bool | None = None) -> Must3rFrame:
+        """Process the next frame of the stream; it enters the memory if the keyframe policy says so.
+
+        ``keyframe`` overrides the policy (True: write to memory, False: render only); the init frames of the
+        joint restart are in memory regardless.
+        """
         index = self.frame_count
         self.frame_count += 1
         prep, tokens, pos = self._prepare(frame)
@@ -187,8 +191,6 @@ class Must3rStream:
             self._focals = []
         else:
             batch = [item]
-        if len(self._init_frames) < self.params.num_init_frames:
-            self._init_frames.append(item)
 
         new_memory, raws, feats = self._decode([b[1:] for b in batch], self.memory, render=False)
         first_label = new_memory.nimgs - len(batch)
@@ -204,10 +206,10 @@ class Must3rStream:
             cam_center = c2w[:3, 3]
             score = overlap_score(self.coverage, out["pts3d"], depth, out["conf"], cam_center, self.params)
             self.last_call_scores.append(score)
-            keyframe = is_keyframe(score, out["conf"], first, self.params)
+            chosen = is_keyframe(score, out["conf"], first, self.params) if keyframe is None else bool(keyframe)
             self._focals.append((focal_now, float(out["conf"].mean()) - 1.0))
             focal = self.seq_focal() if self.params.fixed_focal else focal_now
-            in_memory = keyframe or rerun_init  # joint init frames are in the memory whatever their score
+            in_memory = chosen or rerun_init  # joint init frames are in the memory whatever their score
             if in_memory:
                 if not committed:
                     self._commit(new_memory, batch, first_label)
@@ -215,6 +217,8 @@ class Must3rStream:
                 self.coverage.add(frame_idx, coverage_points(out["pts3d"], out["conf"], self.params), cam_center)
             if frame_idx == index:
                 result = self._frame(b_prep, b_tokens, feats[k], out, focal, c2w, in_memory, index, score)
+                if in_memory and len(self._init_frames) < self.params.num_init_frames:
+                    self._init_frames.append(item)
         return result
 
     def _commit(self, new_memory: Must3rMemory, batch, first_label: int) -> None:
