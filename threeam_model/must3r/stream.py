@@ -113,7 +113,7 @@ class Must3rStream:
         self.memory: Must3rMemory | None = None
         self._memory_frames: dict[int, int] = {}  # memory image label -> frame index
         self.coverage = CoverageIndex(self.params.quadrant_divider)
-        self._focals: list[tuple[float, float]] = []  # (focal, mean conf - 1) per processed frame
+        self._focal_sums = [0.0, 0.0]  # running sum of focal * weight and of weight (= mean conf - 1): O(1) state
         self._init_frames: list[tuple[int, Preprocessed, torch.Tensor, torch.Tensor]] = []
         self.frame_count = 0
         self.last_call_scores: list[float] = []
@@ -130,11 +130,9 @@ class Must3rStream:
         return 0 if self.memory is None else self.memory.num_tokens
 
     def seq_focal(self) -> float | None:
-        if not self._focals:
-            return None
-        f = np.array([a for a, _ in self._focals])
-        c = np.array([b for _, b in self._focals])
-        return float((f * c / c.sum()).sum())
+        """Confidence-weighted mean focal of the frames processed so far (the official fixed focal)."""
+        weighted, total = self._focal_sums
+        return weighted / total if total else None
 
     # ----------------------------------------------------------------------------------------------- steps
     def _autocast(self):
@@ -188,7 +186,7 @@ class Must3rStream:
             batch = self._init_frames + [item]
             self.memory, self._memory_frames = None, {}
             self.coverage.clear()
-            self._focals = []
+            self._focal_sums = [0.0, 0.0]
         else:
             batch = [item]
 
@@ -207,7 +205,8 @@ class Must3rStream:
             score = overlap_score(self.coverage, out["pts3d"], depth, out["conf"], cam_center, self.params)
             self.last_call_scores.append(score)
             chosen = is_keyframe(score, out["conf"], first, self.params) if keyframe is None else bool(keyframe)
-            self._focals.append((focal_now, float(out["conf"].mean()) - 1.0))
+            weight = float(out["conf"].mean()) - 1.0
+            self._focal_sums = [self._focal_sums[0] + focal_now * weight, self._focal_sums[1] + weight]
             focal = self.seq_focal() if self.params.fixed_focal else focal_now
             in_memory = chosen or rerun_init  # joint init frames are in the memory whatever their score
             if in_memory:
