@@ -7,8 +7,24 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import re
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-5` (no dot) as a string; learning rates are written that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 DEFAULTS: dict = {
     "seed": 0,
@@ -103,14 +119,14 @@ def parse_override(text: str) -> dict:
     for p in parts[:-1]:
         cur[p] = {}
         cur = cur[p]
-    cur[parts[-1]] = yaml.safe_load(value)
+    cur[parts[-1]] = _yaml(value)
     return node
 
 
 def load_config(path=None, overrides: list[str] | None = None) -> dict:
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        data = yaml.safe_load(pathlib.Path(path).read_text()) or {}
+        data = _yaml(pathlib.Path(path).read_text()) or {}
         cfg = _merge(cfg, data)
     for text in overrides or []:
         cfg = _merge(cfg, parse_override(text))

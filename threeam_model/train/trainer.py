@@ -302,7 +302,7 @@ class Trainer:
     def _log(self, epoch: int, item: dict, metrics: dict, sec: float) -> None:
         if not self.is_main:
             return
-        row = {"step": self.step, "epoch": epoch, **{k: f"{metrics[k]:.6g}" for k in ["loss", *LOSS_KEYS]},
+        row = {"step": self.step, "epoch": epoch, **{k: repr(metrics[k]) for k in ["loss", *LOSS_KEYS]},
                "mode": item["mode"], "dataset": item["dataset"], "scene": item["scene"],
                "frames": len(item["frame_indices"]), "objects": len(item["obj_ids"]),
                "lr_scale": f"{metrics['lr_scale']:.6g}", "sec": f"{sec:.3f}"}  # fmt: skip
