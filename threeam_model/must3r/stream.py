@@ -12,6 +12,10 @@ Bounded state (not in the official code, which grows without limit): at most ``m
 memory. When a new keyframe arrives with the memory full, the oldest memory image that is not protected is evicted
 (tokens of every layer and its coverage points); the first ``protected_images`` memory images (the init frames,
 which anchor the world frame and scale) are never evicted.
+
+Small differences from the official driver, by design: the coverage points of the joint init frames are always
+indexed (officially only when the frame also passes the score test; it is in memory either way); ``rays`` are
+pinhole rays from the (sequence) focal, which the official code does not output.
 """
 
 from __future__ import annotations
