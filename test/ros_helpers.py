@@ -38,17 +38,26 @@ def _ros_value(value) -> str:
     return str(value)
 
 
+def node_command(params: dict, config: pathlib.Path = CONFIG) -> list[str]:
+    cmd = [sys.executable, "-m", "threeam_ros.tracker_node", "--ros-args", "--params-file", str(config)]
+    for name, value in params.items():
+        cmd += ["-p", f"{name}:={_ros_value(value)}"]
+    return cmd
+
+
+def node_env(**extra) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0", **extra)
+
+
 class NodeProcess:
     """`python -m threeam_ros.tracker_node` with config/tracker.yaml and `-p` overrides; output goes to a log file."""
 
     def __init__(self, log_path: pathlib.Path, params: dict, config: pathlib.Path = CONFIG):
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "threeam_ros.tracker_node", "--ros-args", "--params-file", str(config)]
-        for name, value in params.items():
-            cmd += ["-p", f"{name}:={_ros_value(value)}"]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.proc = subprocess.Popen(
+            node_command(params, config), stdout=self._log, stderr=subprocess.STDOUT, env=node_env(), cwd=REPO
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -105,7 +114,14 @@ class Received:
 class Client:
     """The test-side node: publishes camera frames, calls the tracker's services, records its outputs."""
 
-    def __init__(self, name: str = "threeam_test_client", transport: str = "raw", node: str = NODE, reliable=False):
+    def __init__(
+        self,
+        name: str = "threeam_test_client",
+        transport: str = "raw",
+        node: str = NODE,
+        reliable: bool = False,
+        image_topic: str = "image",
+    ):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -120,7 +136,7 @@ class Client:
         self.node = rclpy.create_node(name, context=self.context)
         self.image_pub = self.node.create_publisher(
             CompressedImage if transport == "compressed" else Image,
-            "image",
+            image_topic,
             QoSProfile(depth=10) if reliable else qos_profile_sensor_data,
         )
         self.labels, self.objects, self.overlay, self.diagnostics = Received(), Received(), Received(), Received()

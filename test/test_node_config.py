@@ -1,0 +1,130 @@
+"""The node's parameter table, config/tracker.yaml and launch/tracker.launch.py agree; bad configs stop the node at
+start with a message that names the parameter.
+
+`ros2 launch` is not installable here (no PyPI wheel), so the launch file is checked by parsing it, and its one
+function is run against a minimal stand-in of the launch API that only records what it is given.
+"""
+
+import ast
+import subprocess
+import sys
+import types
+
+import pytest
+import ros_helpers as rh
+import yaml
+
+from threeam_ros.params import PARAMS, PARAMS_BY_NAME, check_value, flatten_yaml
+
+LAUNCH = rh.REPO / "launch" / "tracker.launch.py"
+
+
+def yaml_params() -> dict:
+    tree = yaml.safe_load(rh.CONFIG.read_text())
+    assert list(tree) == ["/**"], "the parameters file applies to any node name"
+    return flatten_yaml(tree["/**"]["ros__parameters"])
+
+
+def test_yaml_holds_exactly_the_declared_parameters_with_their_defaults():
+    values = yaml_params()
+    assert set(values) == set(PARAMS_BY_NAME)
+    for name, value in values.items():
+        default = PARAMS_BY_NAME[name].default
+        assert type(value) is type(default), f"{name}: {value!r} in the YAML, {default!r} declared"
+        assert value == default, f"{name}: the YAML says {value!r}, the declared default is {default!r}"
+
+
+def test_every_parameter_is_described_and_its_default_allowed():
+    assert len({p.name for p in PARAMS}) == len(PARAMS)
+    for p in PARAMS:
+        assert len(p.description) > 15, p.name
+        assert check_value(p, p.default) is None, p.name
+    assert check_value(PARAMS_BY_NAME["publish.label_encoding"], "mono32")
+    assert check_value(PARAMS_BY_NAME["tracker.max_objects"], 0)
+    assert check_value(PARAMS_BY_NAME["publish.overlay_alpha"], 1.5)
+
+
+def test_launch_file_imports_only_launch_packages_and_names_real_parameters():
+    tree = ast.parse(LAUNCH.read_text())
+    top_imports = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_imports |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top_imports.add(node.module.split(".")[0])
+    assert top_imports <= {"launch", "launch_ros"}, top_imports
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in names
+    assigned = {
+        n.targets[0].id: ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id.isupper()
+    }
+    for param in assigned["PARAMETER_ARGUMENTS"].values():
+        assert param in PARAMS_BY_NAME, f"the launch file overrides {param}, which the node does not declare"
+        assert isinstance(PARAMS_BY_NAME[param].default, str), f"{param}: launch arguments are strings"
+    inner_topics = {inner for inner, _ in assigned["REMAPPING_ARGUMENTS"].values()}
+    assert PARAMS_BY_NAME["topics.image"].default in inner_topics
+
+
+def test_launch_description_builds_the_node_with_config_overrides_and_remappings(monkeypatch):
+    recorded = {}
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class LaunchConfiguration(Recorder):
+        def perform(self, context):
+            return context[self.args[0]]
+
+    class Node(Recorder):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            recorded["node"] = kwargs
+
+    stand_in = {
+        "launch": dict(LaunchDescription=Recorder),
+        "launch.actions": dict(DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder),
+        "launch.substitutions": dict(LaunchConfiguration=LaunchConfiguration, PathJoinSubstitution=Recorder),
+        "launch_ros.actions": dict(Node=Node),
+        "launch_ros.substitutions": dict(FindPackageShare=Recorder),
+    }
+    for name, attrs in stand_in.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    namespace = {}
+    exec(compile(LAUNCH.read_text(), str(LAUNCH), "exec"), namespace)
+    description = namespace["generate_launch_description"]()
+    actions = description.args[0]
+    declared = {a.args[0]: a.kwargs["default_value"] for a in actions if "default_value" in a.kwargs}
+    assert {"config", "image", "device", "sam2_checkpoint"} <= set(declared)
+    opaque = actions[-1]
+    context = {name: value for name, value in declared.items() if isinstance(value, str)}
+    context.update(config="/tmp/my.yaml", device="cuda", image="/camera/color/image_raw")
+    opaque.kwargs["function"](context)
+    node = recorded["node"]
+    assert node["package"] == "threeam_ros" and node["executable"] == "tracker_node"
+    assert node["name"] == "threeam_tracker"
+    assert node["parameters"] == ["/tmp/my.yaml", {"model.device": "cuda"}]  # empty arguments keep the YAML's
+    assert ("image", "/camera/color/image_raw") in node["remappings"]
+    setup = (rh.REPO / "setup.py").read_text()
+    assert "tracker_node = threeam_ros.tracker_node:main" in setup
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("input.transport:=carrier_pigeon", "input.transport must be one of raw, compressed"),
+        ("tracker.max_objects:=0", "tracker.max_objects must be >= 1"),
+        ("model.random_weights_tiny:=false", "threeam-download-weights"),
+        ("publish.label_encoding:=mono32", "publish.label_encoding must be one of mono16, mono8"),
+    ],
+)
+def test_bad_configuration_stops_the_node_with_a_clear_message(override, needle, tmp_path):
+    rh.require_isolation()
+    cmd = rh.node_command(rh.TINY) + ["-p", override]  # the last -p of a name wins
+    env = rh.node_env(THREEAM_WEIGHTS=str(tmp_path))  # no official weights there
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert needle in proc.stderr, proc.stderr
