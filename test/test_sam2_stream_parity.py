@@ -13,6 +13,7 @@ extra click on the same frame; a refinement click on object 2 later; a negative 
 """
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from threeam_model.sam2_build import build_sam2
@@ -157,6 +158,7 @@ def tiny_model():
     return build_sam2(tiny=True, seed=4)  # a seed whose random model shows masks of varying size
 
 
+@pytest.mark.filterwarnings("error")  # e.g. sam2's per-frame hole-filling warning, were fill_hole_area not 0
 def test_stream_equals_official_video_predictor(tmp_path):
     visible = compare(tiny_model(), tmp_path, PROMPTS)
     assert min(visible) == 0.0  # an object judged absent at least once
