@@ -242,6 +242,32 @@ def test_bad_input_is_refused_without_changing_state(model, call, error, words):
     tracker.track(next(frames))  # still usable
 
 
+def test_a_failing_feature_step_leaves_the_state_as_it_was(model):
+    class Flaky(StreamingSAM2):
+        fail = False
+
+        def memory_features(self, backbone_out, frame):
+            if self.fail:
+                raise RuntimeError("feature step failed")
+            return super().memory_features(backbone_out, frame)
+
+    flaky, plain = Flaky(model), StreamingSAM2(model)
+    for i, frame in enumerate(moving_frames(6)):
+        for t in (flaky, plain):
+            if t is flaky and i == 3:
+                t.fail = True
+                with pytest.raises(RuntimeError, match="feature step failed"):
+                    t.track(frame)
+                assert t.frame_index == 2
+                t.fail = False
+            r = t.track(frame)
+            if i in (0, 2):  # the prompt on frame 2 is still pending when frame 3 fails
+                t.add_prompt(1, points=[[10 + i, 20]])
+            t.last = logits_of(r)
+        assert flaky.last.keys() == plain.last.keys()
+        assert all(np.array_equal(flaky.last[k], plain.last[k]) for k in plain.last)
+
+
 def test_prompt_before_the_first_frame_is_refused(model):
     with pytest.raises(PromptError, match="track"):
         StreamingSAM2(model).add_prompt(1, points=[[1, 1]])

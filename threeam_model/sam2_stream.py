@@ -177,14 +177,15 @@ class StreamingSAM2(Tracker):
         frame = check_frame(frame, self._image_size)
         timings = {}
         with self._autocast():
+            t = time.perf_counter()
+            features = self._encode_frame(frame, timings)  # first: if it fails, the state is as it was
+            timings["image_encoder"] = time.perf_counter() - t - timings["memory_features"]
             # memories of the prompts on the previous frame are encoded with that frame's features, before they go
             self._commit_prompts()
+            self._features = features
             self._frame_idx += 1
             self._image_size = (frame.shape[0], frame.shape[1])
             self._prune()
-            t = time.perf_counter()
-            self._features = self._encode_frame(frame, timings)
-            timings["image_encoder"] = time.perf_counter() - t - timings["memory_features"]
             t = time.perf_counter()
             results = {}
             for obj in self._objects.values():
