@@ -96,7 +96,8 @@ def test_one_step_trains_only_the_papers_parts(trainer):
     feats = trainer.features.on_the_fly(item["frames"])
     outputs = model(images, targets, plan, feats, item["frames"].shape[1:3], rng)
     n_steps = [len(o["multistep_pred_ious"]) for o in outputs]
-    assert n_steps[:2] == [1 + 2, 1 + 2] and set(n_steps[2:]) == {1}  # 2 correction clicks on frames 0 and 1
+    clicks = model.schedule.num_correction_points
+    assert n_steps[:2] == [1 + clicks, 1 + clicks] and set(n_steps[2:]) == {1}  # correction clicks on frames 0, 1
     losses = video_losses(outputs, targets.float())
     assert torch.isfinite(losses["loss"])
     model.zero_grad(set_to_none=True)
