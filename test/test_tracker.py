@@ -145,7 +145,7 @@ def test_factory_builds_both_methods_and_refuses_bad_configs():
         TrackerConfig(dtype="float16")
     with pytest.raises(ValueError, match="must3r"):
         TrackerConfig(must3r="1024")
-    with pytest.raises(ValueError, match="cannot load checkpoints"):
+    with pytest.raises(ValueError, match="cannot load their checkpoints"):
         TrackerConfig(tiny=True, sam2_checkpoint="x.pt")
     with pytest.raises(ValueError, match="max_objects"):
         TrackerConfig(max_objects=0)

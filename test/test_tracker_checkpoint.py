@@ -1,5 +1,7 @@
 """The 3AM checkpoint: round trip through save/load and the factory, strict refusal of anything that does not fit."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -44,9 +46,8 @@ def test_factory_loads_a_checkpoint_and_tracks_differently(tmp_path):
     sam2, merger = _trained()
     path = ckpt.save_checkpoint(tmp_path / "3am.pt", merger, sam2)
     base = build_threeam(TINY)
-    # tiny configs refuse checkpoint paths, so load into a tiny tracker by hand through the same code path
-    tuned = build_threeam(TINY)
-    ckpt.load_checkpoint(path, tuned.merger, tuned.model)
+    tuned = build_threeam(TrackerConfig(tiny=True, seed=0, threeam_checkpoint=str(path)))
+    assert torch.equal(tuned.merger.out_block[-1].weight, merger.out_block[-1].weight)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (4, 48, 64, 3), dtype=np.uint8)
     outs = []
@@ -105,12 +106,15 @@ def test_refusals(tmp_path):
 
 def test_factory_refuses_a_checkpoint_for_another_variant(tmp_path, monkeypatch):
     sam2, merger = _trained()
-    path = ckpt.save_checkpoint(tmp_path / "3am.pt", merger, sam2, {"sam2_variant": "t", "must3r": "224"})
+    path = ckpt.save_checkpoint(tmp_path / "3am.pt", merger, sam2, {"sam2_variant": "tiny", "must3r": "224"})
     cfg = TrackerConfig(variant="l", must3r="224", sam2_checkpoint=None, must3r_checkpoint=None,
                         threeam_checkpoint=str(path))  # fmt: skip
     # the refusal must come before any full-size model is built
     import threeam_model.factory as factory
 
     monkeypatch.setattr(factory, "build_sam2_model", lambda cfg: pytest.fail("built SAM 2 before checking"))
-    with pytest.raises(ckpt.CheckpointError, match="sam2_variant"):
+    with pytest.raises(ckpt.CheckpointError, match="sam2_variant: checkpoint has 't', the tracker is built with 'l'"):
         factory.build_threeam(cfg)
+    tiny_path = ckpt.save_checkpoint(tmp_path / "tiny.pt", merger, sam2, {"tiny": True})
+    with pytest.raises(ckpt.CheckpointError, match="tiny: checkpoint has True"):
+        factory.build_threeam(dataclasses.replace(cfg, threeam_checkpoint=str(tiny_path)))

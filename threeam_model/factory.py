@@ -66,10 +66,11 @@ class TrackerConfig:
         for name in ("max_objects", "max_conditioning_frames", "must3r_max_keyframes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.tiny and any(
-            c not in (None, "auto") for c in (self.sam2_checkpoint, self.must3r_checkpoint, self.threeam_checkpoint)
-        ):
-            raise ValueError("tiny=True builds random tiny models; it cannot load checkpoints")
+        if self.tiny and any(c not in (None, "auto") for c in (self.sam2_checkpoint, self.must3r_checkpoint)):
+            raise ValueError(
+                "tiny=True builds random tiny SAM 2 and MUSt3R models; it cannot load their checkpoints "
+                "(only a 3AM checkpoint trained on tiny models)"
+            )
 
     @property
     def torch_device(self) -> torch.device:
@@ -95,7 +96,7 @@ def resolve_weights(cfg: TrackerConfig) -> tuple[TrackerConfig, list[str]]:
     from threeam_model.weights import find_weights
 
     if cfg.tiny:
-        return dataclasses.replace(cfg, sam2_checkpoint=None, must3r_checkpoint=None, threeam_checkpoint=None), []
+        return dataclasses.replace(cfg, sam2_checkpoint=None, must3r_checkpoint=None), []
     missing = []
     changes = {}
     wanted = [("sam2_checkpoint", _sam2_weights_name(cfg.variant))]
@@ -185,9 +186,11 @@ def build_threeam(cfg: TrackerConfig):
     payload = None
     if cfg.threeam_checkpoint is not None:  # checked first: a mismatch is refused before minutes of model loading
         payload = threeam_checkpoint.read_checkpoint(cfg.threeam_checkpoint)
-        threeam_checkpoint.check_compatible(
-            payload, {"sam2_variant": cfg.variant, "must3r": cfg.must3r}, source=str(cfg.threeam_checkpoint)
-        )
+        recorded = dict(payload["config"])
+        if "sam2_variant" in recorded:  # trainers may spell it "large", "base_plus"...
+            recorded["sam2_variant"] = VARIANT_ALIASES.get(str(recorded["sam2_variant"]), recorded["sam2_variant"])
+        expected = {"tiny": True} if cfg.tiny else {"sam2_variant": cfg.variant, "must3r": cfg.must3r, "tiny": False}
+        threeam_checkpoint.check_compatible({"config": recorded}, expected, source=str(cfg.threeam_checkpoint))
     sam2 = build_sam2_model(cfg)
     must3r = build_must3r_model(cfg)
     merger_cfg = threeam_checkpoint.merger_config(payload) if payload else merger_config_for(sam2, must3r)
