@@ -186,6 +186,13 @@ def test_reset_remove_caps_and_bounded_state(models):
     assert tracker.object_ids == [] and tracker.frame_index == -1 and tracker.must3r.frame_count == 0
     res = tracker.track(frames[0][:40])  # a new stream may have another size
     assert res.image_size == (40, 96) and res.frame_index == 0
+    tracker.reset()
+    portrait = np.ascontiguousarray(frames[:3].transpose(0, 2, 1, 3))  # 96 high, 54 wide
+    tracker.track(portrait[0])
+    tracker.add_prompt(1, box=[5, 30, 40, 70])
+    for f in portrait[1:]:
+        assert tracker.track(f).objects[1].mask.shape == (96, 54)
+    assert tracker.last_must3r.true_shape == (64, 48)  # MUSt3R's portrait crop
 
 
 def test_bfloat16_autocast_untrained_equivalence_and_must3r_in_float32(scene, models):
