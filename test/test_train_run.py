@@ -31,6 +31,7 @@ def _csv_losses(path):
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_curve_and_frozen_weights_stay(tmp_path):
     steps, split = 8, 4
     straight = Trainer(_config(tmp_path / "a", f"train.iterations={steps}", "train.checkpoint_every=4"))

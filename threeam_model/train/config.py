@@ -26,6 +26,7 @@ _Loader.add_implicit_resolver(
 def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
+
 DEFAULTS: dict = {
     "seed": 0,
     "model": {

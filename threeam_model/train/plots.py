@@ -34,6 +34,7 @@ def plot_loss_curves(csv_path, out_path, window: int | None = None) -> pathlib.P
     axes[0].plot(steps, total, alpha=0.3, label="loss")
     axes[0].plot(steps, moving_average(total, window), label=f"loss (moving average {window})")
     axes[0].set_xlabel("step")
+    axes[0].set_yscale("log")
     axes[0].set_title("weighted total")
     axes[0].legend()
     for key in LOSS_KEYS:
