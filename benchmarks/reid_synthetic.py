@@ -183,6 +183,7 @@ def main() -> None:
     ap.add_argument("--lose-px", type=int, default=20, help="the base loses an object below this many pixels")
     ap.add_argument("--return-px", type=int, default=100, help="a return event starts at this many pixels")
     ap.add_argument("--no-cost", action="store_true")
+    ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--cost-variant", default="t")
     ap.add_argument("--sam2-size", type=int, default=1024, help="SAM 2 input side (1024 official, 512)")
     ap.add_argument("--cost-size", type=int, default=640, help="frame width of the cost run (height = 3/4)")
@@ -190,7 +191,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    accuracy(args)
+    if not args.no_accuracy:
+        accuracy(args)
     if not args.no_cost:
         cost(args)
 

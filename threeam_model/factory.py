@@ -19,6 +19,7 @@ import torch
 from threeam_model.interface import Tracker
 
 METHODS = ("sam2", "3am")
+REID_SOURCES = ("off", "rgbd", "must3r")  # geometric re-identification: off, depth + pose, or RGB-only MUSt3R
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Accepted spellings of the SAM 2.1 backbone sizes -> sam2_build's variant keys.
 VARIANT_ALIASES = {
@@ -51,6 +52,10 @@ class TrackerConfig:
     must3r_max_keyframes: int = 32  # MUSt3R memory cap (images)
     tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)
     seed: int = 0  # seed of random weights
+    reid: str = "off"  # geometric re-id (threeam_model.reid): "off", "rgbd" (depth + pose handed to
+    # tracker.geometry.set_next before each track) or "must3r" (RGB only; the 3AM tracker's own MUSt3R is reused)
+    reid_depth_scale: float = 1.0  # rgbd: metres per depth unit (0.001 for uint16 millimetre depth images)
+    reid_reject_out_of_view: bool = False  # also reject look-alike jumps while the object's place is out of view
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -61,6 +66,10 @@ class TrackerConfig:
         self.must3r = str(self.must3r)
         if self.must3r not in MUST3R_MODELS:
             raise ValueError(f"must3r must be one of {sorted(MUST3R_MODELS)}, got {self.must3r!r}")
+        if self.reid not in REID_SOURCES:
+            raise ValueError(f"reid must be one of {REID_SOURCES}, got {self.reid!r}")
+        if not self.reid_depth_scale > 0:
+            raise ValueError(f"reid_depth_scale must be > 0 metres per unit, got {self.reid_depth_scale}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be float32 or bfloat16 (float16 is not supported), got {self.dtype!r}")
         for name in ("max_objects", "max_conditioning_frames", "must3r_max_keyframes"):
@@ -79,13 +88,14 @@ class TrackerConfig:
         return torch.device(self.device)
 
     def describe(self) -> str:
+        reid = "" if self.reid == "off" else f" + geometric re-id ({self.reid})"
         if self.tiny:
-            return f"{self.method} (tiny random weights, seed {self.seed})"
+            return f"{self.method} (tiny random weights, seed {self.seed}){reid}"
         what = f"SAM 2.1-{self.variant}@{self.image_size or 1024}"
         if self.method == "3am":
             what = f"3AM: {what} + MUSt3R-{self.must3r}"
             what += f" + merger {'from ' + str(self.threeam_checkpoint) if self.threeam_checkpoint else '(untrained)'}"
-        return what
+        return what + reid
 
 
 def resolve_weights(cfg: TrackerConfig) -> tuple[TrackerConfig, list[str]]:
@@ -100,7 +110,7 @@ def resolve_weights(cfg: TrackerConfig) -> tuple[TrackerConfig, list[str]]:
     missing = []
     changes = {}
     wanted = [("sam2_checkpoint", _sam2_weights_name(cfg.variant))]
-    if cfg.method == "3am":
+    if cfg.method == "3am" or cfg.reid == "must3r":
         wanted.append(("must3r_checkpoint", MUST3R_MODELS[cfg.must3r]))
     for field, name in wanted:
         if getattr(cfg, field) == "auto":
@@ -109,7 +119,7 @@ def resolve_weights(cfg: TrackerConfig) -> tuple[TrackerConfig, list[str]]:
             except FileNotFoundError as exc:
                 changes[field] = None
                 missing.append(str(exc))
-    if cfg.method == "sam2":
+    if cfg.method == "sam2" and cfg.reid != "must3r":
         changes["must3r_checkpoint"] = None
     return dataclasses.replace(cfg, **changes), missing
 
@@ -179,7 +189,6 @@ def build_threeam(cfg: TrackerConfig):
     """SAM 2 + MUSt3R + Feature Merger (+ the 3AM checkpoint's fine-tuned heads) -> ThreeAMTracker."""
     from threeam_model import threeam_checkpoint
     from threeam_model.merger import FeatureMerger
-    from threeam_model.must3r.stream import Must3rStream
     from threeam_model.tracker import ThreeAMTracker
 
     device = cfg.torch_device
@@ -199,15 +208,22 @@ def build_threeam(cfg: TrackerConfig):
         merger = FeatureMerger(merger_cfg)
     if payload is not None:
         threeam_checkpoint.load_into(payload, merger, sam2, source=str(cfg.threeam_checkpoint))
-    stream = Must3rStream(
-        must3r,
+    stream = must3r_stream(must3r, cfg, feat_layers=(0, *merger_cfg.merge_layers))
+    return ThreeAMTracker(sam2, stream, merger.to(device), **_stream_options(cfg))
+
+
+def must3r_stream(must3r_model, cfg: TrackerConfig, **kwargs):
+    """The streaming MUSt3R of a config (its input size, memory cap, device and dtype)."""
+    from threeam_model.must3r.stream import Must3rStream
+
+    return Must3rStream(
+        must3r_model,
         image_size=TINY_MUST3R_TABLE if cfg.tiny else int(cfg.must3r),
         max_memory_images=cfg.must3r_max_keyframes,
-        feat_layers=(0, *merger_cfg.merge_layers),
-        device=device,
+        device=cfg.torch_device,
         dtype=DTYPES[cfg.dtype],
+        **kwargs,
     )
-    return ThreeAMTracker(sam2, stream, merger.to(device), **_stream_options(cfg))
 
 
 def build_tracker(cfg: TrackerConfig) -> Tracker:
@@ -215,8 +231,23 @@ def build_tracker(cfg: TrackerConfig) -> Tracker:
     if cfg.method == "sam2":
         from threeam_model.sam2_stream import StreamingSAM2
 
-        return StreamingSAM2(build_sam2_model(cfg), **_stream_options(cfg))
-    return build_threeam(cfg)
+        tracker = StreamingSAM2(build_sam2_model(cfg), **_stream_options(cfg))
+    else:
+        tracker = build_threeam(cfg)
+    return tracker if cfg.reid == "off" else with_reid(tracker, cfg)
+
+
+def with_reid(tracker: Tracker, cfg: TrackerConfig) -> Tracker:
+    """Wrap a tracker in geometric re-identification; its geometry source is `wrapped.geometry`."""
+    from threeam_model.reid import GeometricReID, Must3rGeometry, ReIDConfig, RGBDGeometry
+
+    if cfg.reid == "rgbd":
+        geometry = RGBDGeometry(depth_scale=cfg.reid_depth_scale)
+    elif hasattr(tracker, "last_must3r"):  # the 3AM tracker already runs MUSt3R on every frame
+        geometry = Must3rGeometry.shared(tracker)
+    else:
+        geometry = Must3rGeometry(must3r_stream(build_must3r_model(cfg), cfg))
+    return GeometricReID(tracker, geometry, ReIDConfig(reject_out_of_view=cfg.reid_reject_out_of_view))
 
 
 def _stream_options(cfg: TrackerConfig) -> dict:
@@ -236,5 +267,7 @@ __all__ = [
     "build_threeam",
     "build_tracker",
     "merger_config_for",
+    "must3r_stream",
     "resolve_weights",
+    "with_reid",
 ]

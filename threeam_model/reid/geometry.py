@@ -161,7 +161,12 @@ class RGBDGeometry(GeometrySource):
 
 
 class Must3rGeometry(GeometrySource):
-    """RGB only: world points from a streaming MUSt3R model (`stream.step(frame)` -> pts3d, conf, crop_box)."""
+    """RGB only: world points from streaming MUSt3R (a `Must3rFrame`: pts3d, conf, crop_box).
+
+    `Must3rGeometry(stream)` runs `stream.step(frame)` itself (over plain SAM 2). `Must3rGeometry.shared(tracker)`
+    reads the MUSt3R output the 3AM tracker already computed for the frame (`tracker.last_must3r`), so MUSt3R still
+    runs once per frame.
+    """
 
     def __init__(self, stream, conf_min: float = 3.0, fit_points: int = 600):
         """stream: e.g. threeam_model.must3r.Must3rStream; conf_min: MUSt3R confidence (>= 1) below which a point
@@ -169,13 +174,25 @@ class Must3rGeometry(GeometrySource):
         self.stream = stream
         self.conf_min = float(conf_min)
         self.fit_points = int(fit_points)
+        self._shared_from = None
+
+    @classmethod
+    def shared(cls, tracker, conf_min: float = 3.0, fit_points: int = 600) -> Must3rGeometry:
+        """Geometry from `tracker.last_must3r`, the MUSt3R frame of the tracker's current frame (3AM tracker)."""
+        if not hasattr(tracker, "last_must3r"):
+            raise GeometryInputError(f"{type(tracker).__name__} runs no MUSt3R (no last_must3r); pass a stream")
+        source = cls(None, conf_min, fit_points)
+        source._shared_from = tracker
+        return source
 
     def reset(self) -> None:
-        if hasattr(self.stream, "reset"):
-            self.stream.reset()
+        if self._shared_from is None and hasattr(self.stream, "reset"):
+            self.stream.reset()  # a shared stream is reset by the tracker that owns it
 
     def geometry(self, frame: np.ndarray, stride: int) -> FrameGeometry | None:
-        out = self.stream.step(frame)
+        out = self.stream.step(frame) if self._shared_from is None else self._shared_from.last_must3r
+        if out is None:
+            return None
         return pointmap_geometry(
             _numpy(out.pts3d), _numpy(out.conf), out.crop_box, frame.shape[:2], stride, self.conf_min, self.fit_points
         )
