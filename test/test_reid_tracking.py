@@ -246,3 +246,55 @@ def test_prompt_kinds(prompt):
     assert (event.box is None) == (prompt == "point")
     assert (len(event.points) == 0) == (prompt == "box")
     assert results[-1].objects[1].visible
+
+
+def _two_twins_pan():
+    """Camera pans from object 1 to its look-alike 2: 1 leaves the view while 2 stays in it."""
+    position = (0.0, -3.0, 1.2)
+    yaws = np.arange(-30.0, 55.0, 6.0)
+    poses = np.stack([_yaw_pose(position, a) for a in yaws])
+    objs = [_box(1, -1.5, 0.0, yaw=0.2), _box(2, 1.5, 0.0, yaw=0.2)]
+    rgb, depth, inst = _render(poses, [objs] * len(poses))
+    return rgb, depth, inst, poses
+
+
+def test_lookalike_jump_while_anchor_out_of_view_is_rejected_only_when_asked():
+    rgb, depth, inst, poses = _two_twins_pan()
+    px1, px2 = (inst == 1).sum(axis=(1, 2)), (inst == 2).sum(axis=(1, 2))
+    gone = int(np.flatnonzero(px1 < 20)[0])
+    assert px1[0] > 300 and px2[gone] > 300 and (px1[gone:] == 0).all()
+
+    def run(reject):
+        base = LossyOracleTracker(lambda i: inst[i], lookalikes={1: 2, 2: 1})
+        geometry = RGBDGeometry()
+        tracker = GeometricReID(base, geometry, ReIDConfig(reject_out_of_view=reject))
+        results = []
+        for t in range(len(rgb)):
+            geometry.set_next(depth[t], K, poses[t])
+            res = tracker.track(rgb[t])
+            if t == 0:
+                res.objects[1] = tracker.add_prompt(1, mask=inst[0] == 1)
+            results.append(res)
+        return tracker, results
+
+    tracker, results = run(False)  # default: the anchor is out of view, so nothing is known against the jump
+    assert not tracker.events and np.array_equal(results[gone].objects[1].mask, inst[gone] == 2)
+    tracker, results = run(True)
+    events = _events_by_frame(tracker)
+    assert min(events) == gone and all(e.kind == "reject" for es in events.values() for e in es)
+    (event,) = events[gone]
+    assert event.labels.tolist() == [0] and event.box is None
+    (x, y) = event.points[0]
+    assert inst[gone][int(y), int(x)] == 2
+    assert not results[gone].objects[1].visible and results[gone].objects[1].reacquired
+
+
+def test_moved_object_is_followed_not_vetoed():
+    # the object is carried 1 m to the side between frames 4 and 5; the base tracker follows it
+    poses = np.stack([look_at(np.array([0.1 * t, -3.2, 1.3]), np.array([0.0, 0.0, 0.3])) for t in range(10)])
+    objects = [[_box(1, -0.6 if t < 5 else 0.6, 0.0)] for t in range(10)]
+    rgb, depth, inst = _render(poses, objects)
+    tracker, results, base = _run(rgb, depth, inst, poses)
+    assert not tracker.events
+    assert tracker.view(1).state == VISIBLE  # the anchor was re-seeded where the object is now
+    assert np.linalg.norm(tracker.anchor(1).centre[:2] - [0.6, 0.0]) < 0.3
