@@ -81,7 +81,7 @@ class Must3rStream:
     ):
         """image_size: 224, 512 (official tables) or a custom {W/H ratio: (W, H)} table.
         keyframes / keyframe_overrides: KeyframeParams (e.g. overlap_thr=0.1, num_init_frames=1).
-        protected_images: never-evicted first memory images (default: num_init_frames).
+        protected_images: never-evicted first memory images (default: num_init_frames, at most cap - 1).
         dtype: float32, or bfloat16/float16 to run the decoder under autocast (CUDA; the encoder stays float32 as
         in the official code)."""
         self.model = model.eval()
@@ -94,9 +94,11 @@ class Must3rStream:
         self.image_size = image_size
         self.preprocessing = preprocessing
         self.params = dataclasses.replace(keyframes or KeyframeParams(), **keyframe_overrides)
-        self.protected_images = self.params.num_init_frames if protected_images is None else protected_images
         if max_memory_images < 1:
             raise ValueError(f"max_memory_images must be >= 1, got {max_memory_images}")
+        if protected_images is None:
+            protected_images = min(self.params.num_init_frames, max_memory_images - 1)
+        self.protected_images = protected_images
         if not 0 <= self.protected_images < max_memory_images:
             raise ValueError(
                 f"protected_images ({self.protected_images}) must be < max_memory_images ({max_memory_images})"
