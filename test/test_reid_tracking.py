@@ -6,11 +6,13 @@ follows an object, lost for good once the object leaves the view, and it follows
 at. So these tests judge only the re-identification's own decisions: when it prompts, and where.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from threeam_model.data.synthetic import intrinsics, look_at, render_frame
-from threeam_model.reid import GeometricReID, ReIDConfig, RGBDGeometry
+from threeam_model.reid import GeometricReID, Must3rGeometry, ReIDConfig, RGBDGeometry
 from threeam_model.reid.oracle import LossyOracleTracker
 from threeam_model.reid.reid import OCCLUDED, OUT_OF_VIEW, VISIBLE
 
@@ -298,3 +300,57 @@ def test_moved_object_is_followed_not_vetoed():
     assert not tracker.events
     assert tracker.view(1).state == VISIBLE  # the anchor was re-seeded where the object is now
     assert np.linalg.norm(tracker.anchor(1).centre[:2] - [0.6, 0.0]) < 0.3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(prompt="mask"), dict(depth_tol=0), dict(veto_max_near_frac=1.5), dict(max_voxels=0), dict(hull_margin=-1)],
+)
+def test_config_refuses_bad_thresholds(bad):
+    with pytest.raises(ValueError):
+        ReIDConfig(**bad)
+
+
+class _ExactPointmapStream:
+    """Stands in for Must3rStream: exact world points of each frame at half resolution, in a world frame of its own
+    (rotated, shifted and scaled by 0.2 like MUSt3R's scale-free reconstruction), with confidence 5."""
+
+    def __init__(self, poses, objects):
+        self.poses, self.objects, self.i = poses, objects, 0
+        a, self.scale = 0.8, 0.2
+        self.rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        self.Km = K.copy()
+        self.Km[:2] /= 2
+        self.Km[:2, 2] = (K[:2, 2] + 0.5) / 2 - 0.5
+
+    def step(self, frame):
+        pose = self.poses[self.i]
+        self.i += 1
+        _, depth, _ = render_frame(pose, self.Km, W // 2, H // 2, self.objects, ROOM)
+        jj, ii = np.meshgrid(np.arange(W // 2), np.arange(H // 2))
+        cam = np.stack([jj, ii, np.ones_like(jj)], -1) @ np.linalg.inv(self.Km).T * depth[..., None]
+        world = cam @ pose[:3, :3].T + pose[:3, 3]
+        pts = (world @ self.rot.T + [3.0, -1.0, 2.0]) * self.scale
+        return SimpleNamespace(pts3d=pts, conf=np.full(depth.shape, 5.0), crop_box=(0, 0, W, H))
+
+    def reset(self):
+        self.i = 0
+
+
+def test_rgb_only_geometry_in_a_scale_free_world_reacquires_the_returning_object():
+    position = (0.0, -3.0, 1.2)
+    poses = np.stack([_yaw_pose(position, a) for a in np.arange(0, 361, 10.0)])
+    objects = [_box(1, 0.0, 0.0)]
+    rgb, depth, inst = _render(poses, [objects] * len(poses))
+    px = (inst == 1).sum(axis=(1, 2))
+    base = LossyOracleTracker(lambda i: inst[i])
+    tracker = GeometricReID(base, Must3rGeometry(_ExactPointmapStream(poses, objects), conf_min=3.0))
+    for t in range(len(rgb)):
+        res = tracker.track(rgb[t])
+        if t == 0:
+            tracker.add_prompt(1, mask=inst[0] == 1)
+    events = _events_by_frame(tracker)
+    ret = _first_return(px, 1)
+    assert events and ret <= min(events) <= ret + 2
+    _assert_prompt_inside(events[min(events)][0], inst[min(events)] == 1)
+    assert res.objects[1].visible and base.following(1) == 1

@@ -55,8 +55,8 @@ class ReIDConfig:
     prompt: str = "box+point"  # what the re-acquisition prompt holds: "box+point", "box" or "point"
     max_events: int = 256  # cap of the event log
     prompt_as_conditioning: bool = True  # the base keeps a re-id prompt as a conditioning frame (where it can)
-    # a mask that reappears after a gap far from the anchor while the anchor's place is out of view is rejected
-    # (negative point): right for static scenes, wrong when the object was carried elsewhere while unseen
+    # a mask that jumps (does not continue last frame's mask) far from the anchor while the anchor's place is out
+    # of view is rejected with a negative point: right for static scenes, wrong for objects carried away unseen
     reject_out_of_view: bool = False
 
     def __post_init__(self):
@@ -68,7 +68,9 @@ class ReIDConfig:
         for name in ("min_support_frac", "veto_max_near_frac", "update_min_near_frac"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("work_long_side", "max_voxels", "max_points_per_update", "max_events"):
+        if self.hull_margin < 0 or self.cooldown_frames < 0 or self.min_prior_pixels < 0:
+            raise ValueError("hull_margin, cooldown_frames and min_prior_pixels must be >= 0")
+        for name in ("work_long_side", "max_voxels", "max_points_per_update", "max_events", "min_anchor_voxels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
