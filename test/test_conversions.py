@@ -184,6 +184,8 @@ def test_overlay_tints_only_object_pixels_with_stable_colours():
     assert out.shape == rgb.shape and out.dtype == np.uint8
     assert (out[25:, :25] == 100).all()  # background away from the masks and their id text is untouched
     assert not (out[labels == 3] == 100).all(axis=1).all()
+    expected = 0.5 * 100 + 0.5 * np.array(conversions.object_color(300))
+    np.testing.assert_allclose(out[37, 57], expected, atol=1)  # a corner of object 300, away from its id text
     assert conversions.object_color(3) != conversions.object_color(300)
     assert conversions.object_color(3) == conversions.object_color(3)
     np.testing.assert_array_equal(conversions.draw_overlay(rgb, np.zeros_like(labels)), rgb)

@@ -66,8 +66,8 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "model.sam2_checkpoint",
         "auto",
-        "Official SAM 2.1 checkpoint (.pt) of model.variant: a path, or auto (the weights folder, filled by "
-        "threeam-download-weights).",
+        "Official SAM 2.1 checkpoint (.pt) of model.variant: a path, auto (the weights folder, filled by "
+        "threeam-download-weights), or empty for random weights (timing only; a warning says so).",
     ),
     Param(
         "model.threeam_checkpoint",

@@ -85,7 +85,8 @@ def build_tracker(cfg: dict) -> tuple[Tracker, str]:
         tracker = build_tracker(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(f"cannot build the model: {exc}") from exc
-    name = config.describe() + (" RANDOM WEIGHTS" if tiny else "")
+    random = tiny or config.sam2_checkpoint is None or (method == "3am" and config.must3r_checkpoint is None)
+    name = config.describe() + (" RANDOM WEIGHTS" if random else "")
     return tracker, f"{name} @{cfg['model.image_size']} {config.torch_device} {cfg['model.dtype']}"
 
 
@@ -102,12 +103,13 @@ class TrackerNode(Node):
             raise ConfigError("; ".join(problems))
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        if self.cfg["model.random_weights_tiny"]:
-            self.get_logger().warning(
-                "!!! model.random_weights_tiny is true: a TINY SAM 2 WITH RANDOM WEIGHTS. Its masks are meaningless; "
-                "this is for tests and demos only. Set model.sam2_checkpoint for real tracking. !!!"
-            )
         self._tracker, self._model_name = build_tracker(self.cfg)
+        if "RANDOM WEIGHTS" in self._model_name:
+            self.get_logger().warning(
+                f"!!! {self._model_name}: the model has RANDOM WEIGHTS, its masks are meaningless (tests, demos and "
+                "timing only). Set model.random_weights_tiny false and model.sam2_checkpoint to a checkpoint path or "
+                "auto (run threeam-download-weights) for real tracking. !!!"
+            )
         self._tracker_lock = threading.Lock()  # serialises every tracker call
         self._state_lock = threading.Lock()  # guards the small snapshot below; never held during inference
         self._frame_header = None  # header of the tracker's current frame (None: no frame since start/reset)
