@@ -21,3 +21,11 @@ def shared_dir() -> pathlib.Path:
 
 def pytest_report_header(config):
     return [f"ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID')} isolated={os.environ.get('THREEAM_ISOLATED')}"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_grad_mode():
+    # Entry points called in-process (CLI main()) may switch autograd off globally; never let that leak.
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
