@@ -60,7 +60,13 @@ class FrameSource:
                 raise UsageError(f"cannot open {self.path} as a video (is it a video file OpenCV can decode?)")
             count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+            if count <= 0:  # some containers do not say: count by decoding
+                count = 0
+                while (max_frames is None or count < max_frames) and cap.grab():
+                    count += 1
             cap.release()
+            if count == 0:
+                raise UsageError(f"{self.path} holds no decodable video frame")
             self.files = None
             count = count if max_frames is None else min(count, max_frames)
             self.names = [f"{i:05d}" for i in range(count)]
