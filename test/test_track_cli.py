@@ -174,3 +174,11 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
         assert cli.main([*argv, "-o", str(tmp_path / "o"), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert msg in err, (argv, err)
+
+
+def test_main_leaves_autograd_as_it_found_it(tmp_path):
+    import torch
+
+    assert torch.is_grad_enabled()
+    cli.main(["--demo", "--tiny", "-o", str(tmp_path), "--demo-frames", "2", "--quiet", "--no-video"])
+    assert torch.is_grad_enabled()

@@ -452,9 +452,12 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        with torch.no_grad():  # scoped: main() may run inside another program (tests) that needs autograd
+            return _run(args)
     except (TrackerInputError, FileNotFoundError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -486,7 +489,6 @@ def _run(args) -> int:
         _warn(note) if note.startswith("RANDOM") or note.startswith("--tiny") else print(
             f"note: {note}", file=sys.stderr
         )
-    torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"{PROG}: {cfg.describe()} on {cfg.torch_device}; {len(source)} frames, objects "
