@@ -26,6 +26,8 @@ PARAMETER_ARGUMENTS = {
 # launch argument -> (topic name inside the node, default target)
 REMAPPING_ARGUMENTS = {
     "image": ("image", "image"),
+    "depth": ("depth", "depth"),  # reid.source rgbd
+    "depth_camera_info": ("depth/camera_info", "depth/camera_info"),  # reid.source rgbd
 }
 
 

@@ -189,3 +189,17 @@ def test_overlay_tints_only_object_pixels_with_stable_colours():
     assert conversions.object_color(3) != conversions.object_color(300)
     assert conversions.object_color(3) == conversions.object_color(3)
     np.testing.assert_array_equal(conversions.draw_overlay(rgb, np.zeros_like(labels)), rgb)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_depth_images_decode_to_metres(big_endian):
+    metres = np.array([[0.0, 1.5, 2.25], [np.nan, 0.5, 10.0]], np.float32)
+    out = conversions.image_to_depth(padded(metres[..., None], "32FC1", 4, big_endian=big_endian))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(metres))
+    np.testing.assert_allclose(out[~np.isnan(out)], metres[~np.isnan(metres)])
+    mm = np.array([[0, 1500, 2250], [65535, 500, 10]], np.uint16)
+    out = conversions.image_to_depth(padded(mm[..., None], "16UC1", 2, big_endian=big_endian))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, mm / 1000.0, rtol=1e-6)
+    with pytest.raises(ConversionError, match="32FC1"):
+        conversions.image_to_depth(conversions.rgb_to_image(RGB, HEADER))

@@ -64,7 +64,8 @@ def test_launch_file_imports_only_launch_packages_and_names_real_parameters():
         assert param in PARAMS_BY_NAME, f"the launch file overrides {param}, which the node does not declare"
         assert isinstance(PARAMS_BY_NAME[param].default, str), f"{param}: launch arguments are strings"
     inner_topics = {inner for inner, _ in assigned["REMAPPING_ARGUMENTS"].values()}
-    assert PARAMS_BY_NAME["topics.image"].default in inner_topics
+    for param in ("topics.image", "reid.depth_topic", "reid.camera_info_topic"):
+        assert PARAMS_BY_NAME[param].default in inner_topics, f"no remapping argument for {param}"
 
 
 def test_launch_description_builds_the_node_with_config_overrides_and_remappings(monkeypatch):

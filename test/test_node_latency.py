@@ -16,7 +16,7 @@ from std_msgs.msg import Header
 
 from threeam_ros import conversions
 
-pytestmark = [pytest.mark.ros, pytest.mark.slow]
+pytestmark = pytest.mark.ros
 
 FRAMES = 300
 RATE_HZ = 100.0

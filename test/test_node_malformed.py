@@ -15,7 +15,7 @@ from sensor_msgs.msg import Image
 from threeam_interfaces.msg import PromptPoint
 from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject
 
-pytestmark = [pytest.mark.ros, pytest.mark.slow]
+pytestmark = pytest.mark.ros
 
 ANCHOR = 4242
 MAX_OBJECTS = 6

@@ -85,6 +85,21 @@ def image_to_labels(msg: Image) -> np.ndarray:
     return _unpack(msg, 1, dtype)[..., 0].astype(np.uint16)
 
 
+DEPTH_ENCODINGS = {"32FC1": (np.float32, 1.0), "16UC1": (np.uint16, 0.001), "mono16": (np.uint16, 0.001)}
+
+
+def image_to_depth(msg: Image) -> np.ndarray:
+    """A depth image (REP 118: 32FC1 metres, 16UC1 millimetres; any step, either byte order) -> (H, W) float32
+    metres, with 0 where the sensor had no reading (NaN for float input stays NaN)."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise ConversionError(
+            f"depth encoding {msg.encoding!r} is not supported; send 32FC1 (metres) or 16UC1 (millimetres)"
+        )
+    dtype, scale = DEPTH_ENCODINGS[msg.encoding]
+    depth = _unpack(msg, 1, dtype)[..., 0].astype(np.float32)
+    return depth * np.float32(scale) if scale != 1.0 else depth
+
+
 def _unpack(msg: Image, channels: int, dtype) -> np.ndarray:
     """Check an Image's geometry against its data and return an (H, W, C) view without the row padding."""
     h, w, step = int(msg.height), int(msg.width), int(msg.step)

@@ -12,7 +12,17 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 
 class NodeStats:
-    COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_rejected", "internal_errors")
+    COUNTERS = (
+        "frames_received",
+        "frames_processed",
+        "frames_dropped",
+        "frames_rejected",
+        "internal_errors",
+        "reacquisitions",  # objects re-prompted by geometric re-identification
+        "frames_with_geometry",  # reid rgbd: frames tracked with depth + pose
+        "frames_without_geometry",
+        "geometry_rejected",  # reid rgbd: depth / camera_info / pose messages refused
+    )
 
     def __init__(self):
         self._lock = threading.Lock()

@@ -139,15 +139,45 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "reid.source",
         "must3r",
-        "Geometry for re-identification: must3r (RGB only) or rgbd (depth topic + camera info + TF pose).",
+        "Geometry for re-identification: must3r (RGB only, MUSt3R pointmaps) or rgbd (reid.depth_topic + "
+        "reid.camera_info_topic + reid.pose_topic).",
         choices=("must3r", "rgbd"),
     ),
-    Param("reid.depth_topic", "depth", "Depth image aligned with the camera image (reid.source rgbd)."),
-    Param("reid.camera_info_topic", "camera_info", "sensor_msgs/CameraInfo of the camera (reid.source rgbd)."),
+    Param(
+        "reid.depth_topic",
+        "depth",
+        "rgbd: depth image registered to the camera image: 32FC1 metres or 16UC1/mono16 millimetres (REP 118).",
+    ),
+    Param("reid.camera_info_topic", "depth/camera_info", "rgbd: sensor_msgs/CameraInfo of the depth image (K)."),
+    Param(
+        "reid.pose_topic",
+        "",
+        "rgbd: geometry_msgs/PoseStamped, the camera's optical frame (x right, y down, z forward) in the world "
+        "frame; empty: a static camera (identity pose).",
+    ),
     Param(
         "reid.world_frame",
         "",
-        "TF frame the camera pose is looked up in (reid.source rgbd); empty: the camera is static.",
+        "rgbd: frame_id the pose messages must carry (others are refused with a warning); empty: any.",
+    ),
+    Param(
+        "reid.sync_tolerance",
+        0.05,
+        "rgbd: most seconds between a frame's stamp and the depth/pose used with it; a frame without both "
+        "passes through without geometry.",
+        min_value=0.0,
+    ),
+    Param(
+        "reid.sync_wait",
+        0.1,
+        "rgbd: longest wait (s) for a frame's depth and pose, which travel on their own topics and may arrive "
+        "after it.",
+        min_value=0.0,
+    ),
+    Param(
+        "reid.reject_out_of_view",
+        False,
+        "Also reject look-alike jumps while the object's place is out of view.",
     ),
 )
 

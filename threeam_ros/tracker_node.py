@@ -18,13 +18,14 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 
 from threeam_interfaces.msg import TrackedObject, TrackedObjectArray
 from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject, Reset
@@ -40,6 +41,7 @@ from threeam_model.interface import (
 from threeam_ros import conversions
 from threeam_ros.conversions import ConversionError
 from threeam_ros.frame_slot import LatestFrameSlot
+from threeam_ros.geometry_sync import GeometrySync
 from threeam_ros.node_stats import NodeStats, diagnostics_message
 from threeam_ros.params import PARAMS, PARAMS_BY_NAME, check_value
 
@@ -58,8 +60,6 @@ def build_tracker(cfg: dict) -> tuple[Tracker, str]:
 
     if cfg["model.cpu_threads"] > 0:
         torch.set_num_threads(cfg["model.cpu_threads"])
-    if cfg["reid.enabled"]:
-        raise ConfigError("reid.enabled: the re-identification mode is not available through the factory yet")
     tiny = cfg["model.random_weights_tiny"]
     method = cfg["model.method"]
     if method == "auto":
@@ -81,6 +81,8 @@ def build_tracker(cfg: dict) -> tuple[Tracker, str]:
             must3r_max_keyframes=cfg["tracker.must3r_max_keyframes"],
             tiny=tiny,
             seed=cfg["model.seed"],
+            reid=cfg["reid.source"] if cfg["reid.enabled"] else "off",
+            reid_reject_out_of_view=cfg["reid.reject_out_of_view"],
         )
         tracker = build_tracker(config)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -138,6 +140,9 @@ class TrackerNode(Node):
         self._sub = self.create_subscription(
             in_type, self.cfg["topics.image"], self._on_image, in_qos, callback_group=MutuallyExclusiveCallbackGroup()
         )
+        self._geometry_sync: GeometrySync | None = None
+        if self.cfg["reid.enabled"] and self.cfg["reid.source"] == "rgbd":
+            self._subscribe_geometry()
         services = ReentrantCallbackGroup()
         self.create_service(AddPrompt, "~/add_prompt", self._on_add_prompt, callback_group=services)
         self.create_service(RemoveObject, "~/remove_object", self._on_remove_object, callback_group=services)
@@ -158,6 +163,54 @@ class TrackerNode(Node):
         )
 
     # ------------------------------------------------------------------------------------------ frames
+
+    def _subscribe_geometry(self) -> None:
+        """reid.source rgbd: depth, camera_info and (unless the camera is static) pose feed a nearest-stamp sync."""
+        self._geometry_sync = GeometrySync(
+            self.cfg["reid.sync_tolerance"], not self.cfg["reid.pose_topic"], self.cfg["reid.world_frame"]
+        )
+        group = MutuallyExclusiveCallbackGroup()
+        topics = [
+            (Image, "reid.depth_topic", self._geometry_sync.add_depth),
+            (CameraInfo, "reid.camera_info_topic", self._geometry_sync.add_camera_info),
+        ]
+        if self.cfg["reid.pose_topic"]:
+            topics.append((PoseStamped, "reid.pose_topic", self._geometry_sync.add_pose))
+        for msg_type, param, add in topics:
+
+            def callback(msg, add=add, param=param):
+                try:
+                    add(msg)
+                except ValueError as exc:  # ConversionError is one
+                    self._stats.count("geometry_rejected")
+                    self._stats.problem(f"{param}: {exc}")
+                    self._warn_throttled(param, f"{param} message refused: {exc}")
+
+            self.create_subscription(msg_type, self.cfg[param], callback, qos_profile_sensor_data, callback_group=group)
+
+    def _frame_geometry(self, header):
+        """This frame's (depth, K, pose), waiting up to reid.sync_wait for them; None (counted, logged) if none."""
+        try:
+            geometry, why = self._geometry_sync.geometry_for(header.stamp, self.cfg["reid.sync_wait"])
+        except ConversionError as exc:
+            geometry, why = None, f"depth refused: {exc}"
+            self._stats.count("geometry_rejected")
+        if geometry is None:
+            self._stats.count("frames_without_geometry")
+            self._warn_throttled("geometry", f"frame {_stamp_str(header.stamp)} tracked without geometry: {why}")
+        return geometry
+
+    def _hand_over_geometry(self, header, geometry) -> None:
+        """Give the re-identification mode this frame's depth, K and pose (caller holds _tracker_lock)."""
+        if geometry is None:
+            return
+        try:
+            self._tracker.geometry.set_next(*geometry)
+        except TrackerInputError as exc:
+            geometry = None
+            self._stats.count("geometry_rejected")
+            self._warn_throttled("geometry", f"frame {_stamp_str(header.stamp)}: depth/pose refused: {exc}")
+        self._stats.count("frames_without_geometry" if geometry is None else "frames_with_geometry")
 
     def _on_image(self, msg) -> None:
         self._stats.count("frames_received")
@@ -189,6 +242,7 @@ class TrackerNode(Node):
         except ConversionError as exc:
             self._reject(f"frame rejected: {exc}")
             return
+        geometry = self._frame_geometry(msg.header) if self._geometry_sync is not None else None
         t1 = time.perf_counter()
         with self._tracker_lock:
             size = rgb.shape[:2]
@@ -198,9 +252,13 @@ class TrackerNode(Node):
                     f"(WxH): all objects and memory were reset; prompt the objects again"
                 )
                 self._reset_locked()
+            if self._geometry_sync is not None:
+                self._hand_over_geometry(msg.header, geometry)
             try:
                 result = self._tracker.track(rgb)
             except FrameError as exc:
+                if self._geometry_sync is not None:
+                    self._tracker.geometry.reset()  # no stale depth for the next frame
                 self._reject(f"frame rejected by the tracker: {exc}")
                 return
             self._stream_size = size
@@ -211,6 +269,7 @@ class TrackerNode(Node):
         self._publish(msg.header, rgb, result.objects, result.label_image(np.uint16))
         t3 = time.perf_counter()
         self._stats.count("frames_processed")
+        self._stats.count("reacquisitions", sum(obj.reacquired for obj in result.objects.values()))
         stages = {"queue": t0 - t_received, "decode": t1 - t0, "track": t2 - t1, "publish": t3 - t2}
         stages["node_total"] = t3 - t_received
         stages.update({f"model.{k}": v for k, v in result.timings.items()})
