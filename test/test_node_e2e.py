@@ -169,3 +169,40 @@ def _point(x, y, positive=True):
     from threeam_interfaces.msg import PromptPoint
 
     return PromptPoint(x=float(x), y=float(y), positive=positive)
+
+
+def test_publish_options_change_at_run_time_and_mono8_guards_ids(tracker):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    _, client = tracker
+    setter = client.node.create_client(SetParameters, f"{rh.NODE}/set_parameters")
+    assert setter.wait_for_service(timeout_sec=20.0)
+    client.types["set_parameters"], client.clients["set_parameters"] = SetParameters, setter
+
+    def set_param(name, **value):
+        kind = ParameterType.PARAMETER_STRING if "string_value" in value else ParameterType.PARAMETER_BOOL
+        param = Parameter(name=name, value=ParameterValue(type=kind, **value))
+        return client.call("set_parameters", parameters=[param]).results[0]
+
+    client.publish_and_wait(rh.frame(0))
+    assert client.call("add_prompt", object_id=300, mask=rh.mask_image(rh.rect_mask(10, 10, 40, 40))).success
+    refused = set_param("publish.label_encoding", string_value="mono8")
+    assert not refused.successful and "300" in refused.reason  # id 300 does not fit mono8
+    assert not set_param("publish.label_encoding", string_value="mono32").successful
+    assert not set_param("model.variant", string_value="large").successful  # read-only: needs a restart
+    assert client.call("remove_object", object_id=300).success
+    assert set_param("publish.label_encoding", string_value="mono8").successful
+    resp = client.call("add_prompt", object_id=300, points=[_point(*P)])
+    assert not resp.success and "mono8" in resp.message
+    assert client.call("add_prompt", object_id=200, mask=rh.mask_image(rh.rect_mask(10, 10, 40, 40))).success
+    assert set_param("publish.overlay", bool_value=False).successful
+    n_overlay = len(client.overlay.messages())
+    header, labels_msg = client.publish_and_wait(rh.frame(1))
+    assert labels_msg.encoding == "mono8" and labels_msg.step == rh.W
+    assert set(np.unique(rh.labels_array(labels_msg))) <= {0, 200}
+    client.publish_and_wait(rh.frame(2))
+    assert len(client.overlay.messages()) == n_overlay  # no overlay while publish.overlay is false
+    assert set_param("publish.label_encoding", string_value="mono16").successful
+    assert set_param("publish.overlay", bool_value=True).successful
+    assert client.call("reset").success
