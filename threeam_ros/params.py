@@ -72,7 +72,8 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "model.threeam_checkpoint",
         "",
-        "Path to a 3AM checkpoint (Feature Merger + fine-tuned heads). Empty: plain streaming SAM 2.",
+        "Path to a 3AM checkpoint (Feature Merger + fine-tuned heads). Empty: plain streaming SAM 2 with method "
+        "auto, an untrained merger with method 3am.",
     ),
     Param(
         "model.must3r_checkpoint",
@@ -87,7 +88,12 @@ PARAMS: tuple[Param, ...] = (
         "Compute dtype (bfloat16 runs under autocast).",
         choices=("float32", "bfloat16"),
     ),
-    Param("model.image_size", 1024, "SAM 2 input resolution: 1024 (official) or 512 (faster).", min_value=64),
+    Param(
+        "model.image_size",
+        1024,
+        "SAM 2 input resolution: 1024 (official) or 512 (faster); with random_weights_tiny any multiple of 32 (64).",
+        min_value=64,
+    ),
     Param(
         "model.random_weights_tiny",
         False,
