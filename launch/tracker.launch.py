@@ -7,12 +7,11 @@
 Every argument left empty keeps the value from the parameters file (config/tracker.yaml by default).
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 # launch argument -> node parameter it overrides when not empty (string parameters only)
 PARAMETER_ARGUMENTS = {

@@ -23,19 +23,39 @@ def test_colcon_builds_both_packages(tmp_path):
     src = tmp_path / "src" / "threeam"
     src.mkdir(parents=True)
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-c", "--null", "-T", "-", "-f", "-"], cwd=REPO, input=files, check=True,
-                   stdout=open(tmp_path / "src.tar", "wb"))
+    subprocess.run(
+        ["tar", "-c", "--null", "-T", "-", "-f", "-"],
+        cwd=REPO,
+        input=files,
+        check=True,
+        stdout=open(tmp_path / "src.tar", "wb"),
+    )
     subprocess.run(["tar", "-x", "-f", str(tmp_path / "src.tar"), "-C", str(src)], check=True)
 
     venv = pathlib.Path(sys.executable).parent.parent
-    env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), CMAKE_PREFIX_PATH=str(venv),
-               PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        AMENT_PREFIX_PATH=str(venv),
+        CMAKE_PREFIX_PATH=str(venv),
+        PATH=f"{venv / 'bin'}:{os.environ['PATH']}",
+    )
     # The repo root is itself a package, so colcon's crawl does not descend into threeam_interfaces/ by itself:
     # the README's build line names both base paths, exactly as here.
     result = subprocess.run(
-        [f"{colcon_venv}/bin/colcon", "build", "--base-paths", "src/threeam", "src/threeam/threeam_interfaces",
-         "--event-handlers", "console_direct-"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        [
+            f"{colcon_venv}/bin/colcon",
+            "build",
+            "--base-paths",
+            "src/threeam",
+            "src/threeam/threeam_interfaces",
+            "--event-handlers",
+            "console_direct-",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 packages finished" in result.stdout
@@ -49,9 +69,15 @@ def test_colcon_builds_both_packages(tmp_path):
     assert os.access(install / "threeam_ros" / "lib" / "threeam_ros" / "tracker_node", os.X_OK)
     site = next((install / "threeam_interfaces" / "lib").glob("python3*/site-packages"))
     probe = subprocess.run(
-        [sys.executable, "-c", "import threeam_interfaces; from threeam_interfaces.srv import AddPrompt; "
-         "print(threeam_interfaces.__file__); print(AddPrompt.Request().object_id)"],
-        env=dict(env, PYTHONPATH=str(site)), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import threeam_interfaces; from threeam_interfaces.srv import AddPrompt; "
+            "print(threeam_interfaces.__file__); print(AddPrompt.Request().object_id)",
+        ],
+        env=dict(env, PYTHONPATH=str(site)),
+        capture_output=True,
+        text=True,
     )
     assert probe.returncode == 0, probe.stderr
     where, object_id = probe.stdout.split()

@@ -12,8 +12,9 @@ def test_model_library_never_imports_ros():
     offenders = [
         str(path.relative_to(REPO))
         for path in (REPO / "threeam_model").rglob("*.py")
-        if re.search(r"^\s*(import|from)\s+(rclpy|rosidl|sensor_msgs|std_msgs|threeam_interfaces)\b",
-                     path.read_text(), re.M)
+        if re.search(
+            r"^\s*(import|from)\s+(rclpy|rosidl|sensor_msgs|std_msgs|threeam_interfaces)\b", path.read_text(), re.M
+        )
     ]
     assert offenders == []
     assert "rclpy" not in "".join(p.read_text() for p in (REPO / "threeam_model").rglob("*.py"))
@@ -35,8 +36,11 @@ def test_setup_installs_marker_launch_config_and_entry_points():
     tree = ast.parse((REPO / "setup.py").read_text())
     text = (REPO / "setup.py").read_text()
     assert (REPO / "resource" / "threeam_ros").is_file()
-    for needle in ('"share/" + package_name + "/launch"', '"share/" + package_name + "/config"',
-                   "resource/\" + package_name"):
+    for needle in (
+        '"share/" + package_name + "/launch"',
+        '"share/" + package_name + "/config"',
+        'resource/" + package_name',
+    ):
         assert needle in text
     scripts = [
         ast.literal_eval(node)

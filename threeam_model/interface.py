@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class ObjectResult:
     reacquired: bool = False  # set when geometric re-identification re-prompted this object on this frame
 
     @classmethod
-    def from_logits(cls, obj_id: int, logits: np.ndarray, score: float, reacquired: bool = False) -> "ObjectResult":
+    def from_logits(cls, obj_id: int, logits: np.ndarray, score: float, reacquired: bool = False) -> ObjectResult:
         logits = np.asarray(logits, dtype=np.float32)
         mask = logits > 0
         return cls(obj_id, mask, logits, float(score), bool(mask.any()), mask_box(mask), reacquired)
@@ -181,7 +181,9 @@ def check_prompt(
             raise PromptError(f"box must be [x_min, y_min, x_max, y_max], got {bx.shape[0]} numbers")
         x0, y0, x1, y1 = bx.tolist()
         if not (x1 > x0 and y1 > y0):
-            raise PromptError(f"box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is empty or inverted (need x_max > x_min, y_max > y_min)")
+            raise PromptError(
+                f"box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is empty or inverted (need x_max > x_min, y_max > y_min)"
+            )
         if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
             raise PromptError(f"box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] lies outside the {w}x{h} image")
         bx = np.array([max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)], np.float32)
