@@ -372,6 +372,9 @@ class Trainer:
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
+            # Every rank must be done before any tears down: a gloo peer that vanishes mid-collective aborts the
+            # other rank ("terminate called without an active exception").
+            dist.barrier()
             dist.destroy_process_group()
 
 
