@@ -121,6 +121,7 @@ class Client:
         node: str = NODE,
         reliable: bool = False,
         image_topic: str = "image",
+        subscribe: tuple[str, ...] = ("labels", "objects", "overlay"),
     ):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
@@ -140,9 +141,14 @@ class Client:
             QoSProfile(depth=10) if reliable else qos_profile_sensor_data,
         )
         self.labels, self.objects, self.overlay, self.diagnostics = Received(), Received(), Received(), Received()
-        self.node.create_subscription(Image, f"{node}/labels", self.labels.add, 50)
-        self.node.create_subscription(TrackedObjectArray, f"{node}/objects", self.objects.add, 50)
-        self.node.create_subscription(Image, f"{node}/overlay", self.overlay.add, 50)
+        outputs = {
+            "labels": (Image, f"{node}/labels", self.labels),
+            "objects": (TrackedObjectArray, f"{node}/objects", self.objects),
+            "overlay": (Image, f"{node}/overlay", self.overlay),
+        }
+        for name in subscribe:
+            msg_type, topic, store = outputs[name]
+            self.node.create_subscription(msg_type, topic, store.add, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.add, 50)
         self.clients = {
             "add_prompt": self.node.create_client(AddPrompt, f"{node}/add_prompt"),
@@ -173,7 +179,7 @@ class Client:
                 if time.monotonic() > deadline:
                     pytest.fail(f"service {name} never appeared")
         wait_until(lambda: self.image_pub.get_subscription_count() >= 1, deadline - time.monotonic(), "image sub")
-        for topic in ("labels", "objects"):
+        for topic in ("labels",):
             wait_until(
                 lambda t=topic: self.node.count_publishers(f"{NODE}/{t}") >= 1, deadline - time.monotonic(), topic
             )

@@ -30,6 +30,7 @@ def rig(tmp_path_factory):
         "reid.source": "rgbd",
         "reid.pose_topic": "camera_pose",
         "reid.world_frame": "world",
+        "reid.sync_wait": 2.0,  # plumbing, not timing, is tested here: a loaded machine may deliver depth late
     }
     node = rh.NodeProcess(log, params)
     client = rh.Client(reliable=True)
@@ -72,14 +73,14 @@ def pose(header, x=0.0, frame="world", qw=1.0):
     return msg
 
 
-def publish_rgbd(client, pubs, i, depth=True, pose_msg=None, depth_msg=None, info=None):
+def publish_rgbd(client, pubs, i, depth=True, pose_msg=None, depth_msg=None, info=None, depth_encoding="32FC1"):
     """Publish depth, camera_info and pose stamped like the frame that follows, then the frame; wait for its labels."""
     from std_msgs.msg import Header
 
     header = Header(stamp=client.stamp(), frame_id="camera")
     pubs["info"].publish(info or camera_info(header))
     if depth:
-        pubs["depth"].publish(depth_msg or depth_image(header))
+        pubs["depth"].publish(depth_msg or depth_image(header, depth_encoding))
     pubs["pose"].publish(pose_msg or pose(header, x=0.01 * i))
     from threeam_ros import conversions
 
@@ -117,18 +118,17 @@ def test_depth_and_pose_reach_the_tracker_with_their_frame(rig):
     wait_counter(client, "frames_with_geometry", 12)
     totals = client.diagnostics_totals()
     assert int(totals["reacquisitions"]) == reacquired  # the flag on the messages is what the mode reported
-    assert "geometric re-id (rgbd)" in totals["model"] and "latency_ms.model.reid.mean" in totals
+    assert "geometric re-id (rgbd)" in totals["model"]
+    stages = {kv.key for m in client.diagnostics.messages() for kv in m.status[0].values}
+    assert "latency_ms.model.reid.mean" in stages  # the mode's own cost is reported per frame
     print(f"re-identification prompts on 9 random-weight frames: {reacquired}")
 
 
 def test_millimetre_depth_is_accepted(rig):
     node, client, pubs = rig
     before = counter(client, "frames_with_geometry")
-    from std_msgs.msg import Header
-
-    header = Header(stamp=client.stamp())
-    publish_rgbd(client, pubs, 20, depth_msg=None, info=None)
-    publish_rgbd(client, pubs, 21, depth_msg=depth_image(header, "16UC1"))  # stamp differs: nearest one wins
+    for i in (20, 21):
+        publish_rgbd(client, pubs, i, depth_encoding="16UC1")
     wait_counter(client, "frames_with_geometry", before + 2)
 
 

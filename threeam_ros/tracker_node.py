@@ -343,7 +343,7 @@ class TrackerNode(Node):
                 f"score {result.score:.2f}"
             )
 
-        return self._answer(resp, run)
+        return self._answer(resp, run, "add_prompt")
 
     def _on_remove_object(self, req: RemoveObject.Request, resp: RemoveObject.Response) -> RemoveObject.Response:
         def run():
@@ -357,7 +357,7 @@ class TrackerNode(Node):
                 left = self._tracker.object_ids
             return f"object {obj_id} removed; still tracking {left or 'no objects'}"
 
-        return self._answer(resp, run)
+        return self._answer(resp, run, "remove_object")
 
     def _on_reset(self, req: Reset.Request, resp: Reset.Response) -> Reset.Response:
         def run():
@@ -366,7 +366,7 @@ class TrackerNode(Node):
                 self._reset_locked()
             return f"reset: forgot {n} object(s) and all memory; the next frame starts a new stream"
 
-        return self._answer(resp, run)
+        return self._answer(resp, run, "reset")
 
     def _on_list_objects(self, req: ListObjects.Request, resp: ListObjects.Response) -> ListObjects.Response:
         def run():
@@ -377,10 +377,11 @@ class TrackerNode(Node):
             resp.objects = [tracked_object(obj, header, False) for _, obj in sorted(objects.items())]
             return f"{len(objects)} object(s): {sorted(objects) or 'none'}"
 
-        return self._answer(resp, run)
+        return self._answer(resp, run, "list_objects")
 
-    def _answer(self, resp, run):
+    def _answer(self, resp, run, service: str):
         """Fill success/message: input errors become a refusal with the reason; nothing escapes to the executor."""
+        t0 = time.perf_counter()
         try:
             resp.message = run()
             resp.success = True
@@ -390,6 +391,7 @@ class TrackerNode(Node):
             self._stats.count("internal_errors")
             self.get_logger().error(f"internal error in a service call: {exc}\n{traceback.format_exc()}")
             resp.success, resp.message = False, f"internal error: {type(exc).__name__}: {exc}"
+        self._stats.add_latencies({f"service.{service}": time.perf_counter() - t0})
         return resp
 
     def _reset_locked(self) -> None:
