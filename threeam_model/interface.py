@@ -59,13 +59,13 @@ class FrameResult:
         Where masks overlap, the object with the higher logit at that pixel wins.
         """
         h, w = self.image_size
-        labels = np.zeros((h, w), dtype=dtype)
-        best = np.full((h, w), -np.inf, dtype=np.float32)
-        for obj_id, obj in sorted(self.objects.items()):
-            take = obj.mask & (obj.mask_logits > best)
-            labels[take] = obj_id
-            best[take] = obj.mask_logits[take]
-        return labels
+        if not self.objects:
+            return np.zeros((h, w), dtype=dtype)
+        ids = np.array(sorted(self.objects), dtype=dtype)
+        masks = np.stack([self.objects[int(i)].mask for i in ids])
+        logits = np.where(masks, np.stack([self.objects[int(i)].mask_logits for i in ids]), -np.inf)
+        # argmax keeps the first (lowest) id on ties
+        return np.where(masks.any(0), ids[logits.argmax(0)], 0).astype(dtype)
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -156,9 +156,10 @@ def check_prompt(
 
     pts = lab = bx = m = None
     if points is not None:
-        pts = _finite_array(points, "points").reshape(-1, 2) if np.size(points) else np.zeros((0, 2), np.float32)
-        if np.size(points) and np.asarray(points).size % 2:
-            raise PromptError(f"points must be (x, y) pairs, got {np.asarray(points).size} numbers")
+        flat = _finite_array(points, "points").reshape(-1)
+        if flat.size % 2:
+            raise PromptError(f"points must be (x, y) pairs, got {flat.size} numbers")
+        pts = flat.reshape(-1, 2)
         if labels is None:
             lab = np.ones(len(pts), np.int32)
         else:
