@@ -77,3 +77,38 @@ def test_static_camera_uses_identity_and_late_depth_is_waited_for():
     late.join()
     assert why == "" and np.array_equal(c2w, np.eye(4)) and (depth == 2.0).all()
     assert sync.geometry_for(_depth(30.0).header.stamp, wait_s=0.01)[0] is None  # gives up after wait_s
+
+
+def test_pose_from_a_lookup_uses_the_depth_frame_and_the_frame_stamp():
+    from geometry_msgs.msg import Transform
+
+    from threeam_ros.geometry_sync import transform_to_c2w
+
+    rot = Rotation.from_euler("z", 30, degrees=True)
+    tf = Transform()
+    tf.translation.x, tf.translation.y, tf.translation.z = 1.0, 2.0, 3.0
+    tf.rotation.x, tf.rotation.y, tf.rotation.z, tf.rotation.w = rot.as_quat()
+    asked = []
+
+    def lookup(frame_id, stamp):  # stands in for a TF buffer: answers only for the camera's optical frame
+        asked.append((frame_id, stamp.sec))
+        if frame_id != "camera_optical":
+            return None, f"no TF world <- {frame_id!r}"
+        return transform_to_c2w(tf), ""
+
+    sync = GeometrySync(tolerance_s=0.05, static_pose=False, world_frame="world", pose_lookup=lookup)
+    sync.add_camera_info(_info())
+    depth = _depth(10.0)
+    depth.header.frame_id = "camera_optical"
+    sync.add_depth(depth)
+    (depth_m, k, c2w), why = sync.geometry_for(_pose(10.01).header.stamp, wait_s=0.0)  # no pose topic to wait for
+    assert why == "" and asked == [("camera_optical", 10)]
+    np.testing.assert_allclose(c2w[:3, :3], rot.as_matrix(), atol=1e-12)
+    np.testing.assert_allclose(c2w[:3, 3], [1, 2, 3])
+    np.testing.assert_allclose(depth_m, 2.0)
+
+    depth.header.frame_id = "elsewhere"
+    sync.clear()
+    sync.add_depth(depth)
+    geometry, why = sync.geometry_for(_pose(10.0).header.stamp)
+    assert geometry is None and why == "no TF world <- 'elsewhere'"

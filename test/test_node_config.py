@@ -129,3 +129,19 @@ def test_bad_configuration_stops_the_node_with_a_clear_message(override, needle,
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert needle in proc.stderr, proc.stderr
+
+
+def test_tf_pose_source_without_tf2_ros_stops_the_node_with_a_clear_message():
+    # The PyPI ROS 2 stack here has no tf2_ros: asking for TF poses must say so and name the alternatives.
+    rh.require_isolation()
+    try:
+        import tf2_ros  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.fail("tf2_ros is installed here: this test's premise (PyPI ROS 2 without tf2) no longer holds")
+    overrides = ["reid.enabled:=true", "reid.source:=rgbd", "reid.world_frame:=map"]
+    cmd = rh.node_command(rh.TINY) + [a for o in overrides for a in ("-p", o)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=rh.node_env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "tf2_ros is not installed" in proc.stderr and "reid.pose_topic" in proc.stderr, proc.stderr

@@ -3,7 +3,9 @@ closest to it in time.
 
 Depth and pose messages land in small bounded buffers from their callbacks; the inference thread asks for the
 geometry of a frame stamp and gets (depth metres, K, camera-to-world) or the reason there is none (the frame then
-passes through the tracker without geometry, as the re-identification mode allows).
+passes through the tracker without geometry, as the re-identification mode allows). The pose comes from a pose
+topic, from a lookup (TF: world frame <- the depth image's frame at the frame's stamp), or is the identity for a
+static camera.
 """
 
 from __future__ import annotations
@@ -32,8 +34,17 @@ def camera_info_to_k(msg) -> np.ndarray:
 
 def pose_to_c2w(pose) -> np.ndarray:
     """geometry_msgs/Pose -> (4, 4) camera-to-world; ValueError for a non-finite or zero quaternion."""
-    q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w], np.float64)
-    t = np.array([pose.position.x, pose.position.y, pose.position.z], np.float64)
+    return _rigid_to_matrix(pose.position, pose.orientation)
+
+
+def transform_to_c2w(transform) -> np.ndarray:
+    """geometry_msgs/Transform of the camera frame in the world frame (a TF lookup world <- camera) -> (4, 4)."""
+    return _rigid_to_matrix(transform.translation, transform.rotation)
+
+
+def _rigid_to_matrix(position, orientation) -> np.ndarray:
+    q = np.array([orientation.x, orientation.y, orientation.z, orientation.w], np.float64)
+    t = np.array([position.x, position.y, position.z], np.float64)
     norm = np.linalg.norm(q)
     if not (np.isfinite(q).all() and np.isfinite(t).all()) or norm < 1e-6:
         raise ValueError(f"pose is not finite or its quaternion is zero: q={q.tolist()}, t={t.tolist()}")
@@ -51,10 +62,13 @@ def pose_to_c2w(pose) -> np.ndarray:
 class GeometrySync:
     """Thread-safe nearest-stamp matching of depth and pose to frames (see the module docstring)."""
 
-    def __init__(self, tolerance_s: float, static_pose: bool, world_frame: str = ""):
+    def __init__(self, tolerance_s: float, static_pose: bool, world_frame: str = "", pose_lookup=None):
+        """pose_lookup: None (poses arrive through add_pose, or the identity when static_pose), or a callable
+        (camera frame_id, stamp) -> (c2w or None, why not), e.g. a TF lookup."""
         self.tolerance_s = tolerance_s
         self.static_pose = static_pose
         self.world_frame = world_frame
+        self.pose_lookup = pose_lookup
         self._lock = threading.Condition()  # notified whenever depth or a pose arrives
         self._depth: collections.deque = collections.deque(maxlen=BUFFER)  # (t, depth message)
         self._poses: collections.deque = collections.deque(maxlen=BUFFER)  # (t, c2w)
@@ -86,7 +100,8 @@ class GeometrySync:
 
         def match():
             depth = _nearest(self._depth, t, self.tolerance_s)
-            c2w = np.eye(4) if self.static_pose else _nearest(self._poses, t, self.tolerance_s)
+            fixed = self.static_pose or self.pose_lookup is not None  # nothing to wait for in the buffer
+            c2w = np.eye(4) if fixed else _nearest(self._poses, t, self.tolerance_s)
             return depth, c2w
 
         with self._lock:
@@ -99,6 +114,10 @@ class GeometrySync:
             return None, f"no depth image within {self.tolerance_s:g} s of the frame"
         if c2w is None:
             return None, f"no pose within {self.tolerance_s:g} s of the frame"
+        if self.pose_lookup is not None:
+            c2w, why = self.pose_lookup(depth.header.frame_id, stamp)
+            if c2w is None:
+                return None, why
         return (conversions.image_to_depth(depth), k, c2w), ""
 
     def clear(self) -> None:

@@ -159,12 +159,14 @@ PARAMS: tuple[Param, ...] = (
         "reid.pose_topic",
         "",
         "rgbd: geometry_msgs/PoseStamped, the camera's optical frame (x right, y down, z forward) in the world "
-        "frame; empty: a static camera (identity pose).",
+        "frame; empty: the pose comes from TF when reid.world_frame is set, else the camera is static (identity).",
     ),
     Param(
         "reid.world_frame",
         "",
-        "rgbd: frame_id the pose messages must carry (others are refused with a warning); empty: any.",
+        "rgbd: the world frame. With reid.pose_topic: the frame_id pose messages must carry (others are refused "
+        "with a warning; empty: any). Without: the TF frame in which the depth image's optical frame is looked up "
+        "at each frame's stamp (needs tf2_ros from a system ROS 2).",
     ),
     Param(
         "reid.sync_tolerance",

@@ -41,7 +41,7 @@ from threeam_model.interface import (
 from threeam_ros import conversions
 from threeam_ros.conversions import ConversionError
 from threeam_ros.frame_slot import LatestFrameSlot
-from threeam_ros.geometry_sync import GeometrySync
+from threeam_ros.geometry_sync import GeometrySync, transform_to_c2w
 from threeam_ros.node_stats import NodeStats, diagnostics_message
 from threeam_ros.params import PARAMS, PARAMS_BY_NAME, check_value
 
@@ -165,9 +165,16 @@ class TrackerNode(Node):
     # ------------------------------------------------------------------------------------------ frames
 
     def _subscribe_geometry(self) -> None:
-        """reid.source rgbd: depth, camera_info and (unless the camera is static) pose feed a nearest-stamp sync."""
+        """reid.source rgbd: depth, camera_info and (unless the camera is static) pose feed a nearest-stamp sync.
+
+        The pose comes from reid.pose_topic, else from TF when reid.world_frame is set, else it is the identity.
+        """
+        use_tf = not self.cfg["reid.pose_topic"] and bool(self.cfg["reid.world_frame"])
         self._geometry_sync = GeometrySync(
-            self.cfg["reid.sync_tolerance"], not self.cfg["reid.pose_topic"], self.cfg["reid.world_frame"]
+            self.cfg["reid.sync_tolerance"],
+            static_pose=not self.cfg["reid.pose_topic"] and not use_tf,
+            world_frame=self.cfg["reid.world_frame"],
+            pose_lookup=self._tf_pose_lookup() if use_tf else None,
         )
         group = MutuallyExclusiveCallbackGroup()
         topics = [
@@ -187,6 +194,32 @@ class TrackerNode(Node):
                     self._warn_throttled(param, f"{param} message refused: {exc}")
 
             self.create_subscription(msg_type, self.cfg[param], callback, qos_profile_sensor_data, callback_group=group)
+
+    def _tf_pose_lookup(self):
+        """(camera frame_id, stamp) -> (camera-to-world from TF or None, why not), waiting up to reid.sync_wait."""
+        try:  # a system ROS 2 has tf2_ros; the PyPI stack of scripts/setup_env.sh does not
+            from tf2_ros import Buffer, TransformException, TransformListener
+        except ImportError as exc:
+            raise ConfigError(
+                "reid.world_frame is set without reid.pose_topic, so the camera pose is looked up in TF, but tf2_ros "
+                f"is not installed ({exc}): install ros-$ROS_DISTRO-tf2-ros, or publish the camera pose as "
+                "geometry_msgs/PoseStamped and set reid.pose_topic"
+            ) from None
+        from rclpy.duration import Duration
+        from rclpy.time import Time as RclTime
+
+        buffer = Buffer()
+        self._tf_listener = TransformListener(buffer, self, spin_thread=True)
+        world, wait = self.cfg["reid.world_frame"], Duration(seconds=self.cfg["reid.sync_wait"])
+
+        def lookup(camera_frame: str, stamp):
+            try:
+                tf = buffer.lookup_transform(world, camera_frame, RclTime.from_msg(stamp), timeout=wait)
+            except TransformException as exc:
+                return None, f"no TF {world} <- {camera_frame!r} at the frame's stamp: {exc}"
+            return transform_to_c2w(tf.transform), ""
+
+        return lookup
 
     def _frame_geometry(self, header):
         """This frame's (depth, K, pose), waiting up to reid.sync_wait for them; None (counted, logged) if none."""
