@@ -8,7 +8,6 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(include=["threeam_ros", "threeam_ros.*", "threeam_model", "threeam_model.*"]),
-    package_data={"threeam_model": ["configs/**/*.yaml", "configs/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
