@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,8 +27,17 @@ W, H = 128, 96
 
 
 def require_isolation() -> None:
-    if os.environ.get("THREEAM_ISOLATED") != "1":
-        pytest.fail("ROS tests must run network-isolated: bash scripts/isolated.sh python -m pytest ...")
+    """Fail unless this process sits in a network namespace with only loopback and localhost-only discovery."""
+    interfaces = [name for _, name in socket.if_nameindex()]
+    if (
+        os.environ.get("THREEAM_ISOLATED") != "1"
+        or interfaces != ["lo"]
+        or os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST"
+    ):
+        pytest.fail(
+            f"ROS tests must run network-isolated (interfaces here: {interfaces}): "
+            "bash scripts/isolated.sh python -m pytest ..."
+        )
 
 
 def _ros_value(value) -> str:

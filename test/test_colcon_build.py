@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import ros_helpers as rh
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -66,7 +67,10 @@ def test_colcon_builds_both_packages(tmp_path):
     assert (share / "config" / "tracker.yaml").is_file()
     assert (share / "package.xml").is_file()
     assert (install / "threeam_ros" / "share" / "ament_index" / "resource_index" / "packages" / "threeam_ros").is_file()
-    assert os.access(install / "threeam_ros" / "lib" / "threeam_ros" / "tracker_node", os.X_OK)
+    node_exe = install / "threeam_ros" / "lib" / "threeam_ros" / "tracker_node"
+    assert os.access(node_exe, os.X_OK)
+    # `ros2 launch`/`ros2 run` exec this file: its shebang must find the python that has rclpy and torch
+    assert node_exe.read_text().splitlines()[0] == "#!/usr/bin/env python3"
     site = next((install / "threeam_interfaces" / "lib").glob("python3*/site-packages"))
     probe = subprocess.run(
         [
@@ -82,3 +86,16 @@ def test_colcon_builds_both_packages(tmp_path):
     assert probe.returncode == 0, probe.stderr
     where, object_id = probe.stdout.split()
     assert where.startswith(str(site)) and object_id == "0"
+
+    # ...and the installed executable really starts (a bad parameter makes it stop at once with exit code 2)
+    iface_site = next((install / "threeam_interfaces" / "lib").glob("python3*/site-packages"))
+    node_site = next((install / "threeam_ros" / "lib").glob("python3*/site-packages"))
+    rh.require_isolation()
+    run = subprocess.run(
+        [str(node_exe), "--ros-args", "-p", "input.transport:=carrier_pigeon"],
+        env=dict(env, PYTHONPATH=f"{node_site}:{iface_site}"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "input.transport must be one of" in run.stderr, run.stdout + run.stderr

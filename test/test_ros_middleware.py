@@ -4,14 +4,13 @@ The peer process publishes images and serves threeam_interfaces/srv/RemoveObject
 Both run inside the private network namespace that scripts/isolated.sh sets up (checked first).
 """
 
-import os
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
+import ros_helpers as rh
 
 pytestmark = pytest.mark.ros
 
@@ -48,13 +47,8 @@ PEER = textwrap.dedent(
 )
 
 
-def test_isolated_network_namespace():
-    names = [name for _, name in socket.if_nameindex()]
-    assert names == ["lo"], f"ROS tests must run network-isolated (scripts/isolated.sh); interfaces: {names}"
-    assert os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
-
-
 def test_image_topic_and_service_across_processes():
+    rh.require_isolation()
     import rclpy
     from sensor_msgs.msg import Image
 
