@@ -6,6 +6,7 @@ fixed sleeps. ROS tests must run inside scripts/isolated.sh (checked by `require
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -119,6 +120,22 @@ class Received:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+@contextlib.contextmanager
+def running_node(log_path: pathlib.Path, params: dict, **client_kwargs):
+    """(node process, ready test client); afterwards both stop, and the node must have exited cleanly."""
+    require_isolation()
+    node = NodeProcess(log_path, params)
+    client = Client(**client_kwargs)
+    try:
+        client.wait_ready(node)
+        yield node, client
+    finally:
+        client.close()
+        code = node.stop()
+        print(node.log()[-4000:])
+        assert code == 0, f"the node exited with {code}"
 
 
 class Client:

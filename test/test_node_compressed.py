@@ -10,7 +10,6 @@ pytestmark = pytest.mark.ros
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    rh.require_isolation()
     log = tmp_path_factory.mktemp("node") / "tracker_node.log"
     params = {
         **rh.TINY,
@@ -18,16 +17,8 @@ def rig(tmp_path_factory):
         "topics.image": "image/compressed",
         "diagnostics.period": 0.25,
     }
-    node = rh.NodeProcess(log, params)
-    client = rh.Client(transport="compressed", image_topic="image/compressed", reliable=True)
-    try:
-        client.wait_ready(node)
-        yield node, client
-    finally:
-        client.close()
-        code = node.stop()
-        print(node.log()[-2000:])
-        assert code == 0, f"the node exited with {code}"
+    with rh.running_node(log, params, transport="compressed", image_topic="image/compressed", reliable=True) as pair:
+        yield pair
 
 
 def test_compressed_frames_are_tracked_and_bad_ones_rejected(rig):

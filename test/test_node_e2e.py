@@ -18,18 +18,9 @@ P = (40, 50)  # the prompt point (x, y)
 
 @pytest.fixture(scope="module")
 def tracker(tmp_path_factory):
-    rh.require_isolation()
     log = tmp_path_factory.mktemp("node") / "tracker_node.log"
-    node = rh.NodeProcess(log, {**rh.TINY, "publish.object_masks": True, "diagnostics.period": 0.5})
-    client = rh.Client()
-    try:
-        client.wait_ready(node)
-        yield node, client
-    finally:
-        client.close()
-        code = node.stop()
-        print(node.log()[-3000:])
-        assert code == 0, f"the node exited with {code}"
+    with rh.running_node(log, {**rh.TINY, "publish.object_masks": True, "diagnostics.period": 0.5}) as pair:
+        yield pair
 
 
 def check_outputs_agree(client, header, expected_ids):

@@ -24,20 +24,12 @@ RATE_HZ = 30.0
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    rh.require_isolation()
     log = tmp_path_factory.mktemp("node") / "tracker_node.log"
     # a 128 px model input keeps the node well below the camera's rate on any machine, without flooding loopback
     params = {**rh.TINY, "model.image_size": 128, "publish.overlay": False, "diagnostics.period": 0.25}
-    node = rh.NodeProcess(log, params)
-    client = rh.Client(subscribe=("labels",))  # the labels carry the stamps; fewer streams, less CPU
-    try:
-        client.wait_ready(node)
-        yield node, client
-    finally:
-        client.close()
-        code = node.stop()
-        print(node.log()[-2000:])
-        assert code == 0, f"the node exited with {code}"
+    # the labels carry the stamps; fewer streams, less CPU
+    with rh.running_node(log, params, subscribe=("labels",)) as pair:
+        yield pair
 
 
 def test_latency_stays_bounded_and_drops_are_counted(rig):

@@ -24,25 +24,16 @@ A = (40, 50)  # anchor prompt point (x, y)
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    rh.require_isolation()
     log = tmp_path_factory.mktemp("node") / "tracker_node.log"
     params = {**rh.TINY, "input.qos": "reliable", "tracker.max_objects": MAX_OBJECTS, "diagnostics.period": 0.25}
-    node = rh.NodeProcess(log, params)
-    client = rh.Client(reliable=True)
-    camera = None
-    try:
-        client.wait_ready(node)
+    with rh.running_node(log, params, reliable=True) as (node, client):
         client.publish_and_wait(rh.frame(0))
         camera = rh.Camera(client, rate_hz=10.0)
-        prompt_anchor(client)
-        yield node, client, camera
-    finally:
-        if camera is not None:
+        try:
+            prompt_anchor(client)
+            yield node, client, camera
+        finally:
             camera.stop()
-        client.close()
-        code = node.stop()
-        print(node.log()[-4000:])
-        assert code == 0, f"the node exited with {code}"
 
 
 def prompt_anchor(client):

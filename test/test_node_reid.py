@@ -20,7 +20,6 @@ pytestmark = pytest.mark.ros
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    rh.require_isolation()
     log = tmp_path_factory.mktemp("node") / "tracker_node.log"
     params = {
         **rh.TINY,
@@ -32,24 +31,16 @@ def rig(tmp_path_factory):
         "reid.world_frame": "world",
         "reid.sync_wait": 2.0,  # plumbing, not timing, is tested here: a loaded machine may deliver depth late
     }
-    node = rh.NodeProcess(log, params)
-    client = rh.Client(reliable=True)
-    qos = QoSProfile(depth=10)
-    pubs = {
-        "depth": client.node.create_publisher(Image, "depth", qos),
-        "info": client.node.create_publisher(CameraInfo, "depth/camera_info", qos),
-        "pose": client.node.create_publisher(PoseStamped, "camera_pose", qos),
-    }
-    try:
-        client.wait_ready(node)
+    with rh.running_node(log, params, reliable=True) as (node, client):
+        qos = QoSProfile(depth=10)
+        pubs = {
+            "depth": client.node.create_publisher(Image, "depth", qos),
+            "info": client.node.create_publisher(CameraInfo, "depth/camera_info", qos),
+            "pose": client.node.create_publisher(PoseStamped, "camera_pose", qos),
+        }
         for name, pub in pubs.items():
             rh.wait_until(lambda pub=pub: pub.get_subscription_count() >= 1, 20.0, f"{name} subscriber")
         yield node, client, pubs
-    finally:
-        client.close()
-        code = node.stop()
-        print(node.log()[-3000:])
-        assert code == 0, f"the node exited with {code}"
 
 
 def depth_image(header, encoding="32FC1", metres=2.0):
@@ -183,17 +174,11 @@ def test_bad_geometry_is_refused_and_tracking_goes_on(rig, case):
 
 
 def test_must3r_source_runs_rgb_only(tmp_path):
-    rh.require_isolation()
-    node = rh.NodeProcess(tmp_path / "must3r.log", {**rh.TINY, "reid.enabled": True, "reid.source": "must3r"})
-    client = rh.Client(name="reid_must3r_client")
-    try:
-        client.wait_ready(node)
+    params = {**rh.TINY, "reid.enabled": True, "reid.source": "must3r"}
+    with rh.running_node(tmp_path / "must3r.log", params, name="reid_must3r_client") as (node, client):
         client.publish_and_wait(rh.frame(0))
         assert client.call("add_prompt", object_id=1, mask=rh.mask_image(rh.rect_mask(20, 20, 60, 60))).success
         for i in range(1, 5):
             header, _ = client.publish_and_wait(rh.frame(i))
             assert [o.object_id for o in client.objects_for(header.stamp).objects] == [1]
         assert "geometric re-id (must3r)" in node.log()
-    finally:
-        client.close()
-        assert node.stop() == 0, node.log()[-3000:]
