@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import pathlib
 
+import cv2
 import numpy as np
+
+
+def read_image(path: pathlib.Path | str, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """cv2.imread that raises FileNotFoundError instead of returning None (16-bit depth/ids stay 16-bit)."""
+    img = cv2.imread(str(path), flags)
+    if img is None:
+        raise FileNotFoundError(f"cannot read {path}")
+    return img
 
 
 @dataclasses.dataclass

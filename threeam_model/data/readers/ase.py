@@ -35,7 +35,7 @@ import pathlib
 import cv2
 import numpy as np
 
-from threeam_model.data.frames import Frame, VideoSource
+from threeam_model.data.frames import Frame, VideoSource, read_image
 from threeam_model.data.readers.geometry_io import quat_to_rotation
 
 
@@ -129,20 +129,14 @@ class ASEScene(VideoSource):
     def has_geometry(self) -> bool:
         return True
 
-    def _read(self, path: pathlib.Path, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
-        img = cv2.imread(str(path), flags)
-        if img is None:
-            raise FileNotFoundError(f"cannot read {path}")
-        return img
-
     def frame(self, index: int, with_rgb: bool = True) -> Frame:
         i = self.check_index(index)
         stem = self.frames[i]
-        ray_mm = self._remap(self._read(self.dir / "depth" / f"depth{stem}.png"), cv2.INTER_NEAREST)
+        ray_mm = self._remap(read_image(self.dir / "depth" / f"depth{stem}.png"), cv2.INTER_NEAREST)
         depth = ray_mm.astype(np.float32) / 1000.0 * self.range_to_z
-        instance = self._remap(self._read(self.dir / "instances" / f"instance{stem}.png"), cv2.INTER_NEAREST)
+        instance = self._remap(read_image(self.dir / "instances" / f"instance{stem}.png"), cv2.INTER_NEAREST)
         if with_rgb:
-            bgr = self._remap(self._read(self.dir / "rgb" / f"vignette{stem}.jpg", cv2.IMREAD_COLOR), cv2.INTER_LINEAR)
+            bgr = self._remap(read_image(self.dir / "rgb" / f"vignette{stem}.jpg", cv2.IMREAD_COLOR), cv2.INTER_LINEAR)
             rgb = bgr[:, :, ::-1].copy()
         else:
             rgb = np.zeros((0, 0, 3), np.uint8)

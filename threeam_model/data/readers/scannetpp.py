@@ -29,7 +29,7 @@ import pathlib
 import cv2
 import numpy as np
 
-from threeam_model.data.frames import Frame, VideoSource
+from threeam_model.data.frames import Frame, VideoSource, read_image
 from threeam_model.data.readers.geometry_io import (
     read_colmap_cameras,
     read_colmap_images,
@@ -98,9 +98,7 @@ class ScanNetPPScene(VideoSource):
         hw = instance.shape
         _, cam_w, cam_h, K = self.cameras[cam_id]
         depth_path = self.iphone / "depth" / (pathlib.Path(name).stem + ".png")
-        depth_mm = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)
-        if depth_mm is None:
-            raise FileNotFoundError(f"cannot read {depth_path}")
+        depth_mm = read_image(depth_path)
         depth = resize_nearest(depth_mm, hw).astype(np.float32) / 1000.0
         if with_rgb:
             bgr = cv2.imread(str(self.iphone / "rgb" / name), cv2.IMREAD_COLOR)

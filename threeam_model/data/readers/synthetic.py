@@ -8,7 +8,7 @@ import pathlib
 import cv2
 import numpy as np
 
-from threeam_model.data.frames import Frame, VideoSource
+from threeam_model.data.frames import Frame, VideoSource, read_image
 from threeam_model.data.synthetic import FORMAT
 
 
@@ -49,11 +49,7 @@ class SyntheticScene(VideoSource):
         return self.meta["objects"]
 
     def _read(self, sub: str, index: int, flags=cv2.IMREAD_UNCHANGED) -> np.ndarray:
-        path = self.root / sub / f"{index:05d}.png"
-        img = cv2.imread(str(path), flags)
-        if img is None:
-            raise FileNotFoundError(f"cannot read {path}")
-        return img
+        return read_image(self.root / sub / f"{index:05d}.png", flags)
 
     def frame(self, index: int, with_rgb: bool = True) -> Frame:
         i = self.check_index(index)
