@@ -22,6 +22,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from threeam_model.data.readers.mose import davis_palette, read_annotation, write_annotation
+from threeam_model.data.video import write_mp4
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
 from threeam_model.interface import FrameResult, PromptError, TrackerInputError
 
@@ -142,7 +144,6 @@ def _numbers(text: str, n: int, flag: str) -> list[float]:
 
 def parse_prompts(points, boxes, masks) -> dict[int, ObjectPrompt]:
     """--point OBJ:X,Y[:LABEL], --box OBJ:X0,Y0,X1,Y1, --mask OBJ:FILE (binary) or --mask FILE (label image)."""
-    from threeam_model.data.readers.mose import read_annotation
 
     prompts: dict[int, ObjectPrompt] = {}
     for text in points or []:
@@ -192,21 +193,9 @@ def parse_prompts(points, boxes, masks) -> dict[int, ObjectPrompt]:
 # ------------------------------------------------------------------------------------------------------ writers
 
 
-def save_label_png(path: pathlib.Path, labels: np.ndarray) -> None:
-    from PIL import Image
-
-    from threeam_model.data.readers.mose import davis_palette
-
-    img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    img.putpalette(davis_palette())
-    img.save(path)
-
-
 def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Frame with each object's pixels tinted in its DAVIS palette colour and its outline drawn."""
     import cv2
-
-    from threeam_model.data.readers.mose import davis_palette
 
     palette = np.array(davis_palette(), np.uint8).reshape(256, 3)
     out = rgb.copy()
@@ -219,26 +208,11 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarr
 
 
 def write_overlay_video(path: pathlib.Path, source: FrameSource, mask_dir: pathlib.Path, fps: float) -> int:
-    import cv2
-
-    from threeam_model.data.readers.mose import read_annotation
-
-    writer = None
-    n = 0
-    try:
-        for name, rgb in zip(source.names, source):
-            if writer is None:
-                h, w = rgb.shape[:2]
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise RuntimeError(f"OpenCV cannot write {path} (no mp4v encoder?)")
-            labels = read_annotation(mask_dir / f"{name}.png").astype(np.uint8)
-            writer.write(overlay(rgb, labels)[:, :, ::-1])
-            n += 1
-    finally:
-        if writer is not None:
-            writer.release()
-    return n
+    frames = (
+        overlay(rgb, read_annotation(mask_dir / f"{name}.png").astype(np.uint8))
+        for name, rgb in zip(source.names, source)
+    )
+    return write_mp4(path, frames, fps)
 
 
 # --------------------------------------------------------------------------------------------------- tracking
@@ -278,7 +252,7 @@ def track_video(
     size = None
 
     def save(index: int, result: FrameResult) -> None:
-        save_label_png(mask_dir / f"{source.names[index]}.png", result.label_image(np.uint8))
+        write_annotation(mask_dir / f"{source.names[index]}.png", result.label_image())
         written.add(index)
 
     bar = tqdm(total=todo, desc=f"{PROG} {source.video_name}", unit="frame", disable=not progress, file=sys.stderr)
@@ -321,7 +295,7 @@ def track_video(
     blank = np.zeros(size, np.uint8) if size else None
     for i in range(len(source)):  # frames outside the tracked range: background only
         if i not in written and blank is not None:
-            save_label_png(mask_dir / f"{source.names[i]}.png", blank)
+            write_annotation(mask_dir / f"{source.names[i]}.png", blank)
     steady = times[1:] if len(times) > 1 else times
     return {"frames": len(times), "mean_s": float(np.mean(steady)) if steady else float("nan")}
 
@@ -350,7 +324,6 @@ def make_demo(out: pathlib.Path, seed: int, num_frames: int) -> tuple[pathlib.Pa
 
 
 def demo_scores(scene_dir: pathlib.Path, mask_dir: pathlib.Path, obj_ids) -> dict:
-    from threeam_model.data.readers.mose import read_annotation
     from threeam_model.data.readers.synthetic import SyntheticScene
     from threeam_model.eval.metrics import average_objects, object_scores_from_masks
 

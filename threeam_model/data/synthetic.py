@@ -414,7 +414,7 @@ def export_davis(scene_dir, out_root, name: str | None = None) -> pathlib.Path:
     """
     from PIL import Image
 
-    from threeam_model.data.readers import SyntheticScene, davis_palette
+    from threeam_model.data.readers import SyntheticScene, write_annotation
 
     scene = SyntheticScene(scene_dir)
     name = name or pathlib.Path(scene_dir).name
@@ -423,11 +423,8 @@ def export_davis(scene_dir, out_root, name: str | None = None) -> pathlib.Path:
     (root / "Annotations" / name).mkdir(parents=True, exist_ok=True)
     if max(scene.object_ids, default=0) > 255:
         raise ValueError("DAVIS palette annotations hold ids up to 255")
-    palette = davis_palette()
     for i in range(len(scene)):
         frame = scene.frame(i)
         Image.fromarray(frame.rgb).save(root / "JPEGImages" / name / f"{i:05d}.jpg", quality=95, subsampling=0)
-        ann = Image.fromarray(frame.instance.astype(np.uint8), mode="P")
-        ann.putpalette(palette)
-        ann.save(root / "Annotations" / name / f"{i:05d}.png")
+        write_annotation(root / "Annotations" / name / f"{i:05d}.png", frame.instance)
     return root

@@ -158,33 +158,26 @@ def write_overlay_video(source, label_dir, path, fps: float = 10.0) -> pathlib.P
     from PIL import Image
 
     from threeam_model.data.readers import davis_palette
+    from threeam_model.data.video import write_mp4
     from threeam_model.eval.runner import frame_name
 
     palette = np.asarray(davis_palette(), np.uint8).reshape(256, 3)
     path = pathlib.Path(path)
-    writer = None
-    try:
+
+    def frames():
         for i in range(len(source)):
             f = source.frame(i)
             labels = np.asarray(Image.open(pathlib.Path(label_dir) / f"{frame_name(source, i)}.png"))
             img = f.rgb.astype(np.float32)
             fg = labels > 0
             img[fg] = 0.5 * img[fg] + 0.5 * palette[labels[fg]]
-            bgr = np.ascontiguousarray(img.astype(np.uint8)[:, :, ::-1])
+            rgb = np.ascontiguousarray(img.astype(np.uint8))
             gt = (f.instance > 0).astype(np.uint8)
             contours, _ = cv2.findContours(gt, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(bgr, contours, -1, (255, 255, 255), 1)
-            # MPEG-4 needs even sizes (the encoder would crop an odd row): pad a black row / column instead.
-            bgr = np.pad(bgr, ((0, bgr.shape[0] % 2), (0, bgr.shape[1] % 2), (0, 0)))
-            if writer is None:
-                h, w = bgr.shape[:2]
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise RuntimeError(f"OpenCV cannot write an mp4v video to {path}")
-            writer.write(bgr)
-    finally:
-        if writer is not None:
-            writer.release()
+            cv2.drawContours(rgb, contours, -1, (255, 255, 255), 1)
+            yield rgb
+
+    write_mp4(path, frames(), fps)
     return path
 
 

@@ -228,10 +228,9 @@ def _nanmean(values) -> float:
 def write_label_pngs(source: VideoSource, obj_ids: list[int], mask_dir: pathlib.Path, label_dir: pathlib.Path):
     """One palette PNG per frame, pixel = object id (DAVIS result format). Where independent per-object runs
     overlap, the higher id is painted last and wins; the scores use the per-object masks, not these."""
-    from threeam_model.data.readers import davis_palette
+    from threeam_model.data.readers import write_annotation
 
     label_dir.mkdir(parents=True, exist_ok=True)
-    palette = davis_palette()
     for i in range(len(source)):
         name = frame_name(source, i)
         labels = None
@@ -240,9 +239,7 @@ def write_label_pngs(source: VideoSource, obj_ids: list[int], mask_dir: pathlib.
             if labels is None:
                 labels = np.zeros(m.shape, np.uint8)
             labels[m] = obj_id if obj_id < 256 else 255
-        img = Image.fromarray(labels, mode="P")
-        img.putpalette(palette)
-        img.save(label_dir / f"{name}.png")
+        write_annotation(label_dir / f"{name}.png", labels)
 
 
 def run_benchmark(

@@ -1,7 +1,7 @@
 """Dataset readers: each turns one scene / video on disk into a `VideoSource` of `Frame`s."""
 
 from threeam_model.data.readers.ase import ASEScene
-from threeam_model.data.readers.mose import MoseVideo, davis_palette, read_annotation
+from threeam_model.data.readers.mose import MoseVideo, davis_palette, read_annotation, write_annotation
 from threeam_model.data.readers.scannetpp import ScanNetPPScene
 from threeam_model.data.readers.synthetic import RenderedScene, SyntheticScene
 
@@ -13,4 +13,5 @@ __all__ = [
     "SyntheticScene",
     "davis_palette",
     "read_annotation",
+    "write_annotation",
 ]

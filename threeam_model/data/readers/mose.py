@@ -49,6 +49,16 @@ def read_annotation(path) -> np.ndarray:
     return arr
 
 
+def write_annotation(path, labels: np.ndarray) -> None:
+    """Object-id map -> DAVIS palette PNG (mode P), the inverse of `read_annotation`; ids must lie in 0..255."""
+    labels = np.asarray(labels)
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 255):
+        raise ValueError(f"a palette annotation holds ids 0..255, got {int(labels.min())}..{int(labels.max())}")
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette(davis_palette())
+    img.save(path)
+
+
 class MoseVideo(VideoSource):
     dataset = "mose"
 
