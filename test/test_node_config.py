@@ -34,6 +34,17 @@ def test_yaml_holds_exactly_the_declared_parameters_with_their_defaults():
         assert value == default, f"{name}: the YAML says {value!r}, the declared default is {default!r}"
 
 
+def test_readme_table_lists_every_parameter_with_its_default():
+    rows = {}
+    for line in (rh.REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].strip("`") in PARAMS_BY_NAME:
+            rows[cells[0].strip("`")] = cells[1].strip("`")
+    assert set(rows) == set(PARAMS_BY_NAME), set(PARAMS_BY_NAME) ^ set(rows)
+    for name, default in rows.items():
+        assert default == str(PARAMS_BY_NAME[name].default), f"README says {name} = {default}"
+
+
 def test_every_parameter_is_described_and_its_default_allowed():
     assert len({p.name for p in PARAMS}) == len(PARAMS)
     for p in PARAMS:

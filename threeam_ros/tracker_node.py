@@ -60,6 +60,8 @@ def build_tracker(cfg: dict) -> tuple[Tracker, str]:
 
     if cfg["model.cpu_threads"] > 0:
         torch.set_num_threads(cfg["model.cpu_threads"])
+    if cfg["model.gil_switch_interval"] > 0:
+        sys.setswitchinterval(cfg["model.gil_switch_interval"])  # process-wide: this process is the node's
     tiny = cfg["model.random_weights_tiny"]
     method = cfg["model.method"]
     if method == "auto":
