@@ -40,7 +40,7 @@ class StaticTracker(Tracker):
     def _result(self, k):
         return ObjectResult.from_logits(k, np.where(self.masks[k], 1.0, -1.0), 1.0)
 
-    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None):
+    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None, conditioning=None):
         self.log.append(("prompt", obj_id))
         self.masks[obj_id] = np.asarray(mask, bool)
         return self._result(obj_id)

@@ -45,6 +45,22 @@ def test_implements_tracker_and_reports_results(model):
     assert {"image_encoder", "memory_features", "objects", "total"} <= set(result.timings)
 
 
+def test_a_correction_conditions_the_memory_only_when_asked(model):
+    """Official rule: a first prompt is a conditioning frame, a correction on a tracked frame is not; a prompt with
+    conditioning=True (what re-identification sends) is one, and the predictor's own setting stays as it was."""
+    tracker = StreamingSAM2(model)
+    assert not tracker.correction_as_cond
+    frames = moving_frames(4)
+    tracker.track(next(frames))
+    tracker.add_prompt(1, points=[[10, 20]])
+    for i in (1, 2):
+        tracker.track(next(frames))
+        tracker.add_prompt(1, points=[[12, 20]], conditioning=True if i == 2 else None)
+    tracker.track(next(frames))
+    assert tracker.memory_frames(1)["cond"] == [0, 2]
+    assert not tracker.correction_as_cond
+
+
 @pytest.mark.slow
 def test_state_is_flat_over_2000_frames(model):
     """Stored tensor bytes stop growing once every object's windows are full (16 frames after its last prompt), with

@@ -36,7 +36,7 @@ class StampTracker(Tracker):
         self.calls.append(("track", int(frame[0, 0, 0])))
         return FrameResult(self._idx, frame.shape[:2], {k: self._obj(k) for k in sorted(self._ids)})
 
-    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None):
+    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None, conditioning=None):
         check_prompt(self._frame.shape[:2], points, labels, box, mask)
         self.calls.append(("prompt", obj_id, int(self._frame[0, 0, 0])))
         self._ids[obj_id] = True

@@ -90,11 +90,15 @@ class Tracker(abc.ABC):
         labels: np.ndarray | Sequence[int] | None = None,
         box: np.ndarray | Sequence[float] | None = None,
         mask: np.ndarray | None = None,
+        conditioning: bool | None = None,
     ) -> ObjectResult:
         """Prompt `obj_id` on the current frame: a new id starts a track, an existing one is refined.
 
         points: (N, 2) pixel (x, y); labels: (N,) 1 positive / 0 negative; box: (x0, y0, x1, y1) pixels;
         mask: (H, W) bool-like at frame size. Raises PromptError on anything it cannot use.
+        conditioning: None follows the tracker's own rule (SAM 2: a first prompt conditions the memory, a correction
+        on a frame already tracked does not); True keeps this prompt as a conditioning frame, as for a new appearance
+        of the object (re-identification). Trackers without conditioning frames accept and ignore it.
         """
 
     @abc.abstractmethod

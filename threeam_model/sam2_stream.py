@@ -198,7 +198,7 @@ class StreamingSAM2(Tracker):
         return FrameResult(self._frame_idx, self._image_size, dict(sorted(results.items())), timings)
 
     @torch.inference_mode()
-    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None) -> ObjectResult:
+    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None, conditioning=None) -> ObjectResult:
         if self._features is None:
             raise PromptError("no frame yet: call track(frame) first; prompts apply to the current frame")
         obj_id = check_obj_id(obj_id)
@@ -212,7 +212,7 @@ class StreamingSAM2(Tracker):
                 )
             obj = _ObjectTrack(obj_id)
         is_init_cond_frame = not obj.tracked_current
-        is_cond = is_init_cond_frame or self.correction_as_cond
+        is_cond = is_init_cond_frame or (self.correction_as_cond if conditioning is None else bool(conditioning))
         with self._autocast():
             if m is not None:
                 obj.points = None

@@ -77,7 +77,7 @@ class LossyOracleTracker(Tracker):
             objects[obj_id] = self._result(obj_id, gt)
         return FrameResult(self._index, self._inst.shape, objects)
 
-    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None) -> ObjectResult:
+    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None, conditioning=None) -> ObjectResult:
         obj_id = check_obj_id(obj_id)
         if self._inst is None:
             raise PromptError("no frame yet: call track(frame) before prompting")

@@ -21,7 +21,6 @@ Prompted objects come back with `ObjectResult.reacquired = True`; every prompt i
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import time
 
@@ -198,26 +197,6 @@ def _deepest_pixel(mask: np.ndarray) -> tuple[int, int]:
     return int(y), int(x)
 
 
-@contextlib.contextmanager
-def _conditioning_prompt(base: Tracker, wanted: bool):
-    """Make the base keep the next prompt as a conditioning frame.
-
-    SAM 2 treats a prompt on an object it already tracked on this frame as a correction, which official SAM 2
-    (`add_all_frames_to_correct_as_cond=False`) does not keep as a conditioning frame. A re-identification prompt
-    marks a new appearance of the object, so it should condition the memory like a first prompt. Bases that expose
-    `correction_as_cond` (StreamingSAM2 and trackers built on it) get it switched on for this one prompt.
-    """
-    if not wanted or not hasattr(base, "correction_as_cond"):
-        yield
-        return
-    before = base.correction_as_cond
-    base.correction_as_cond = True
-    try:
-        yield
-    finally:
-        base.correction_as_cond = before
-
-
 @dataclasses.dataclass
 class _ObjectState:
     anchor: ObjectAnchor
@@ -265,8 +244,10 @@ class GeometricReID(Tracker):
         self.base.remove_object(obj_id)
         self._objects.pop(int(obj_id), None)
 
-    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None) -> ObjectResult:
-        result = self.base.add_prompt(obj_id, points=points, labels=labels, box=box, mask=mask)
+    def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None, conditioning=None) -> ObjectResult:
+        result = self.base.add_prompt(
+            obj_id, points=points, labels=labels, box=box, mask=mask, conditioning=conditioning
+        )
         state = self._objects.setdefault(result.obj_id, self._new_state())
         if self._geo is not None and result.visible:
             mask_g = downsample_mask(result.mask, self._geo.stride)
@@ -431,8 +412,10 @@ class GeometricReID(Tracker):
             points, labels = [], []
         pts = np.stack(points) if points else None
         lab = np.array(labels, np.int32) if points else None
-        with _conditioning_prompt(self.base, cfg.prompt_as_conditioning):
-            result = self.base.add_prompt(obj_id, points=pts, labels=lab, box=box)
+        # A re-identification prompt marks a new appearance of the object: it conditions the memory like a first
+        # prompt, where official SAM 2 would keep a correction on a tracked frame out of the conditioning frames.
+        conditioning = True if cfg.prompt_as_conditioning else None
+        result = self.base.add_prompt(obj_id, points=pts, labels=lab, box=box, conditioning=conditioning)
         state.last_prompt_frame = self.frame_index
         self.events.append(
             ReIDEvent(
