@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=900, help="frames published")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate in Hz")
     parser.add_argument("--image-size", type=int, default=128, help="model input size (tiny random SAM 2)")
+    parser.add_argument("--burst", type=int, default=1, help="frames published back to back (same mean rate)")
     parser.add_argument("--no-clicking", action="store_true", help="no service calls during the stream")
     parser.add_argument("--log", type=pathlib.Path, help="keep the node log at this path")
     args = parser.parse_args()
@@ -42,7 +43,7 @@ def main() -> int:
         log = args.log or pathlib.Path(tmp) / "tracker_node.log"
         with rh.running_node(log, params, subscribe=("labels",)) as (_, client):
             node_flood.prompt_two_objects(client)
-            result = node_flood.flood(client, args.frames, args.rate, clicking=not args.no_clicking)
+            result = node_flood.flood(client, args.frames, args.rate, clicking=not args.no_clicking, burst=args.burst)
     print(result.summary())
     # latency over the stream in tenths: flat when the node keeps only the newest frame
     values = [s for _, s in result.latencies]
