@@ -287,7 +287,13 @@ class Client:
         return {kv.key: kv.value for kv in msgs[-1].status[0].values}
 
     def close(self) -> None:
+        # The spin thread must be gone before the node is destroyed: otherwise rclpy hands the destruction to the spin
+        # thread's wait, which then tears down the DDS participant holding the GIL and can livelock against a
+        # discovery callback when the tracker node exits at the same moment (seen: a test run hung there).
         self._executor.shutdown()
+        self._spinner.join(timeout=30.0)
+        if self._spinner.is_alive():
+            raise RuntimeError("the test client's executor did not stop")
         self.node.destroy_node()
         self.context.try_shutdown()
 
