@@ -1,11 +1,14 @@
-"""A camera faster than the node (frames in bursts of three): the node keeps only the newest frame, never a queue.
-Frames it skips are counted as dropped, every frame it gets is accounted for, it never publishes an older frame after
-a newer one, the newest frame is always processed, and services answer during the flood.
+"""A camera far faster than the node (300 Hz, in bursts of three): the node keeps only the newest frame, never a
+queue. Latency does not grow over the stream, frames it skips are counted as dropped, every frame it gets is accounted
+for, it never publishes an older frame after a newer one, the newest frame is always processed, and services answer
+during the flood.
 
-Only what cannot depend on the machine's speed is asserted here; the timings of the same scenario (latency at the
-start and the end of the flood, how long the last frame takes, service answer times) are printed by this test and
-measured by benchmarks/node_latency.py.
+The one wall-clock assertion compares the stream's end with its start, with a margin far below what a queue would
+cost: at this rate a node that queued would end seconds behind (every frame it could not track in time, times its
+step). The timings themselves are printed here and measured by benchmarks/node_latency.py.
 """
+
+import statistics
 
 import node_flood
 import pytest
@@ -13,15 +16,14 @@ import ros_helpers as rh
 
 pytestmark = pytest.mark.ros
 
-FRAMES = 300
-RATE_HZ = 30.0
+FRAMES = 1500
+RATE_HZ = 300.0
 BURST = 3  # frames back to back: the node cannot keep up with them however fast it is, so it must drop
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "tracker_node.log"
-    # a 128 px model input keeps the node below the camera's rate, without flooding loopback
     params = {
         **rh.TINY,
         "model.image_size": 128,
@@ -35,14 +37,14 @@ def rig(tmp_path_factory):
         yield pair
 
 
-def test_newest_frame_only_drops_counted_services_answer(rig):
+def test_latency_stays_flat_newest_frame_only_drops_counted(rig):
     node, client = rig
     node_flood.prompt_two_objects(client)
     # fails if a service call failed or timed out (10 s)
     result = node_flood.flood(client, FRAMES, RATE_HZ, burst=BURST)
     print("\n" + result.summary())
     counts = result.counts
-    assert counts["frames_dropped"] > 0, "the camera was not faster than the node: this test measured nothing"
+    assert counts["frames_processed"] * 2 < counts["frames_received"], "the camera did not outpace the node"
     assert counts["frames_processed"] + counts["frames_dropped"] == counts["frames_received"]
     assert counts["frames_rejected"] == 0
     # one label image per processed frame, and frames come out in the order they were published: the node never
@@ -50,5 +52,12 @@ def test_newest_frame_only_drops_counted_services_answer(rig):
     assert len(result.latencies) == counts["frames_processed"]
     assert result.arrival_order == sorted(result.arrival_order)
     assert result.latencies[-1][0] == result.last_index  # the last frame is never dropped
+    # bounded, not growing: the median latency of the last third of the processed frames against the first third
+    # (a queue would add (frames received - processed) x step, several seconds here)
+    first, final = result.thirds()
+    backlog_s = (counts["frames_received"] - counts["frames_processed"]) * statistics.median(
+        s for _, s in result.latencies
+    )
+    assert final < first + 1.0, f"latency grew from {first:.3f} s to {final:.3f} s (a queue: ~{backlog_s:.0f} s)"
     assert result.service_times["list_objects"] and result.service_times["add_prompt"]
     assert node.alive()

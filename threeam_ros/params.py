@@ -100,14 +100,6 @@ PARAMS: tuple[Param, ...] = (
         "TESTS AND DEMOS ONLY: a tiny SAM 2 with random weights, no checkpoint; its masks are meaningless.",
     ),
     Param("model.cpu_threads", 0, "Torch CPU threads (0: torch's default).", min_value=0),
-    Param(
-        "model.gil_switch_interval",
-        0.0005,
-        "Python thread switch interval of the node's process, in s (0: Python's default, 0.005). The inference thread "
-        "drops the GIL in every torch call and then waits up to this long to get it back from the executor thread; "
-        "at 0.005 a 2-core CPU kept a third of the frames it keeps at 0.0005.",
-        min_value=0.0,
-    ),
     Param("model.seed", 0, "Seed for random weights (model.random_weights_tiny)."),
     # ---- tracker state caps
     Param(

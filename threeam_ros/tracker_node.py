@@ -21,6 +21,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
@@ -42,8 +43,12 @@ from threeam_ros import conversions
 from threeam_ros.conversions import ConversionError
 from threeam_ros.frame_slot import LatestFrameSlot
 from threeam_ros.geometry_sync import GeometrySync, transform_to_c2w
+from threeam_ros.input_check import input_problem
 from threeam_ros.node_stats import NodeStats, diagnostics_message
 from threeam_ros.params import PARAMS, PARAMS_BY_NAME, check_value
+
+# No QoS event callbacks on the sensor subscriptions (rclpy adds default ones): see threeam_ros/input_check.py.
+_NO_QOS_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
 
 NODE_NAME = "threeam_tracker"
 
@@ -60,8 +65,6 @@ def build_tracker(cfg: dict) -> tuple[Tracker, str]:
 
     if cfg["model.cpu_threads"] > 0:
         torch.set_num_threads(cfg["model.cpu_threads"])
-    if cfg["model.gil_switch_interval"] > 0:
-        sys.setswitchinterval(cfg["model.gil_switch_interval"])  # process-wide: this process is the node's
     tiny = cfg["model.random_weights_tiny"]
     method = cfg["model.method"]
     if method == "auto":
@@ -140,8 +143,15 @@ class TrackerNode(Node):
         )
         in_type = CompressedImage if self.cfg["input.transport"] == "compressed" else Image
         self._sub = self.create_subscription(
-            in_type, self.cfg["topics.image"], self._on_image, in_qos, callback_group=MutuallyExclusiveCallbackGroup()
+            in_type,
+            self.cfg["topics.image"],
+            self._on_image,
+            in_qos,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=_NO_QOS_EVENTS,
         )
+        self._in_type_name = f"sensor_msgs/msg/{in_type.__name__}"
+        self._received_at_last_diag = -1
         self._geometry_sync: GeometrySync | None = None
         if self.cfg["reid.enabled"] and self.cfg["reid.source"] == "rgbd":
             self._subscribe_geometry()
@@ -195,7 +205,14 @@ class TrackerNode(Node):
                     self._stats.problem(f"{param}: {exc}")
                     self._warn_throttled(param, f"{param} message refused: {exc}")
 
-            self.create_subscription(msg_type, self.cfg[param], callback, qos_profile_sensor_data, callback_group=group)
+            self.create_subscription(
+                msg_type,
+                self.cfg[param],
+                callback,
+                qos_profile_sensor_data,
+                callback_group=group,
+                event_callbacks=_NO_QOS_EVENTS,
+            )
 
     def _tf_pose_lookup(self):
         """(camera frame_id, stamp) -> (camera-to-world from TF or None, why not), waiting up to reid.sync_wait."""
@@ -442,6 +459,18 @@ class TrackerNode(Node):
         now = time.monotonic()
         snap = self._stats.snapshot(now - self._last_diag)
         self._last_diag = now
+        received = snap["totals"]["frames_received"]
+        if received == self._received_at_last_diag:  # nothing arrived for a whole period: say why, if the graph can
+            problem = input_problem(
+                self.get_publishers_info_by_topic(self._sub.topic_name),
+                self._sub.topic_name,
+                self._in_type_name,
+                reliable=self.cfg["input.qos"] == "reliable",
+            )
+            if problem:
+                snap["last_problem"] = problem
+                self._warn_throttled("input", problem, period=10.0)
+        self._received_at_last_diag = received
         with self._state_lock:
             n = len(self._objects)
         name = f"{self.get_fully_qualified_name()}: tracking"
