@@ -21,6 +21,7 @@ PARAMETER_ARGUMENTS = {
     "threeam_checkpoint": "model.threeam_checkpoint",
     "must3r_checkpoint": "model.must3r_checkpoint",
     "transport": "input.transport",
+    "qos": "input.qos",
 }
 # launch argument -> (topic name inside the node, default target)
 REMAPPING_ARGUMENTS = {

@@ -9,6 +9,7 @@ pixel positions of the old size, so resizing the new frame to the old size would
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -51,6 +52,7 @@ from threeam_ros.params import PARAMS, PARAMS_BY_NAME, check_value
 _NO_QOS_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
 
 NODE_NAME = "threeam_tracker"
+INPUT_CHECK_GRACE_S = 3.0  # seconds after start before a silent camera topic is explained (DDS discovery)
 
 
 class ConfigError(ValueError):
@@ -152,6 +154,7 @@ class TrackerNode(Node):
         )
         self._in_type_name = f"sensor_msgs/msg/{in_type.__name__}"
         self._received_at_last_diag = -1
+        self._input_problem = ""  # the last reason logged for a silent camera topic
         self._geometry_sync: GeometrySync | None = None
         if self.cfg["reid.enabled"] and self.cfg["reid.source"] == "rgbd":
             self._subscribe_geometry()
@@ -160,7 +163,7 @@ class TrackerNode(Node):
         self.create_service(RemoveObject, "~/remove_object", self._on_remove_object, callback_group=services)
         self.create_service(Reset, "~/reset", self._on_reset, callback_group=services)
         self.create_service(ListObjects, "~/list_objects", self._on_list_objects, callback_group=services)
-        self._last_diag = time.monotonic()
+        self._last_diag = self._started = time.monotonic()
         self.create_timer(
             self.cfg["diagnostics.period"], self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
         )
@@ -460,7 +463,8 @@ class TrackerNode(Node):
         snap = self._stats.snapshot(now - self._last_diag)
         self._last_diag = now
         received = snap["totals"]["frames_received"]
-        if received == self._received_at_last_diag:  # nothing arrived for a whole period: say why, if the graph can
+        # nothing arrived for a whole period: say why, if the graph can (after discovery has had time to run)
+        if received == self._received_at_last_diag and now - self._started > INPUT_CHECK_GRACE_S:
             problem = input_problem(
                 self.get_publishers_info_by_topic(self._sub.topic_name),
                 self._sub.topic_name,
@@ -469,7 +473,10 @@ class TrackerNode(Node):
             )
             if problem:
                 snap["last_problem"] = problem
+                if problem != self._input_problem:
+                    self._log_times.pop("input", None)  # a new reason is logged at once
                 self._warn_throttled("input", problem, period=10.0)
+            self._input_problem = problem or ""
         self._received_at_last_diag = received
         with self._state_lock:
             n = len(self._objects)
@@ -531,6 +538,9 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under `ros2 launch` sends SIGINT twice (the terminal's and the one launch forwards): a second
+        # KeyboardInterrupt here would cut the cleanup short (tracebacks, or an abort on the joined thread).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         node.close()
         executor.shutdown()
         node.destroy_node()

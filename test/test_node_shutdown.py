@@ -1,0 +1,36 @@
+"""Ctrl-C under `ros2 launch` reaches the node twice (the terminal's SIGINT to the process group, then the one launch
+forwards): the node still shuts down cleanly, exit code 0 and no traceback, whenever the second signal lands."""
+
+import signal
+import time
+
+import pytest
+import ros_helpers as rh
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.005, 0.05, 0.3])
+def test_two_sigints_still_shut_down_cleanly(tmp_path, gap_s):
+    rh.require_isolation()
+    node = rh.NodeProcess(tmp_path / "tracker_node.log", rh.TINY)
+    client = rh.Client(subscribe=("labels",))
+    camera = None
+    try:
+        client.wait_ready(node)
+        client.publish_and_wait(rh.frame(0))
+        assert client.call("add_prompt", mask=rh.mask_image(rh.rect_mask(20, 20, 50, 50)), object_id=1).success
+        camera = rh.Camera(client, rate_hz=30.0)  # the node is busy tracking when the signals come
+        rh.wait_until(lambda: len(client.labels.messages()) >= 5, 20.0, "labels while the camera runs")
+        node.proc.send_signal(signal.SIGINT)
+        time.sleep(gap_s)
+        node.proc.send_signal(signal.SIGINT)
+        code = node.proc.wait(30.0)
+    finally:
+        if camera is not None:
+            camera.stop()
+        client.close()
+        node.stop()
+    log = node.log()
+    assert code == 0, f"exit code {code}\n{log[-3000:]}"
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log and "terminate called" not in log, log[-3000:]
