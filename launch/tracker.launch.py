@@ -3,6 +3,7 @@
     ros2 launch threeam_ros tracker.launch.py image:=/camera/color/image_raw
     ros2 launch threeam_ros tracker.launch.py config:=/path/to/my_tracker.yaml device:=cuda \\
         sam2_checkpoint:=/path/to/sam2.1_hiera_large.pt variant:=large
+    ros2 launch threeam_ros tracker.launch.py random_weights:=true device:=cpu   # try it without any weights
 
 Every argument left empty keeps the value from the parameters file (config/tracker.yaml by default).
 """
@@ -23,6 +24,10 @@ PARAMETER_ARGUMENTS = {
     "transport": "input.transport",
     "qos": "input.qos",
 }
+# launch argument -> boolean node parameter it overrides when not empty ("true" or "false")
+BOOLEAN_ARGUMENTS = {
+    "random_weights": "model.random_weights_tiny",
+}
 # launch argument -> (topic name inside the node, default target)
 REMAPPING_ARGUMENTS = {
     "image": ("image", "image"),
@@ -34,6 +39,12 @@ REMAPPING_ARGUMENTS = {
 def _tracker_node(context):
     value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     overrides = {param: value(arg) for arg, param in PARAMETER_ARGUMENTS.items() if value(arg)}
+    for arg, param in BOOLEAN_ARGUMENTS.items():
+        text = value(arg).strip().lower()
+        if text:
+            if text not in ("true", "false"):
+                raise ValueError(f"launch argument {arg} must be true or false, got {value(arg)!r}")
+            overrides[param] = text == "true"
     remappings = [(inner, value(arg)) for arg, (inner, _) in REMAPPING_ARGUMENTS.items()]
     return [
         Node(
@@ -59,6 +70,10 @@ def generate_launch_description():
     arguments += [
         DeclareLaunchArgument(arg, default_value="", description=f"Overrides {param} when not empty.")
         for arg, param in PARAMETER_ARGUMENTS.items()
+    ]
+    arguments += [
+        DeclareLaunchArgument(arg, default_value="", description=f"Overrides {param} when not empty (true/false).")
+        for arg, param in BOOLEAN_ARGUMENTS.items()
     ]
     arguments += [
         DeclareLaunchArgument(arg, default_value=target, description=f"Topic remapped onto the node's '{inner}'.")

@@ -74,6 +74,8 @@ def test_launch_file_imports_only_launch_packages_and_names_real_parameters():
     for param in assigned["PARAMETER_ARGUMENTS"].values():
         assert param in PARAMS_BY_NAME, f"the launch file overrides {param}, which the node does not declare"
         assert isinstance(PARAMS_BY_NAME[param].default, str), f"{param}: launch arguments are strings"
+    for param in assigned["BOOLEAN_ARGUMENTS"].values():
+        assert isinstance(PARAMS_BY_NAME[param].default, bool), f"{param} is not a boolean parameter"
     inner_topics = {inner for inner, _ in assigned["REMAPPING_ARGUMENTS"].values()}
     for param in ("topics.image", "reid.depth_topic", "reid.camera_info_topic"):
         assert PARAMS_BY_NAME[param].default in inner_topics, f"no remapping argument for {param}"
@@ -119,6 +121,10 @@ def test_launch_description_builds_the_node_with_config_overrides_and_remappings
     assert node["name"] == "threeam_tracker"
     assert node["parameters"] == ["/tmp/my.yaml", {"model.device": "cuda"}]  # empty arguments keep the YAML's
     assert ("image", "/camera/color/image_raw") in node["remappings"]
+    opaque.kwargs["function"]({**context, "random_weights": "True"})
+    assert recorded["node"]["parameters"][1] == {"model.device": "cuda", "model.random_weights_tiny": True}
+    with pytest.raises(ValueError, match="random_weights must be true or false, got 'yes'"):
+        opaque.kwargs["function"]({**context, "random_weights": "yes"})
     setup = (rh.REPO / "setup.py").read_text()
     assert "tracker_node = threeam_ros.tracker_node:main" in setup
 

@@ -1,5 +1,6 @@
 """Ctrl-C under `ros2 launch` reaches the node twice (the terminal's SIGINT to the process group, then the one launch
-forwards): the node still shuts down cleanly, exit code 0 and no traceback, whenever the second signal lands."""
+forwards): the node still shuts down cleanly, exit code 0 and no traceback, whenever the second signal lands and
+with a frame in flight."""
 
 import signal
 import time
@@ -13,7 +14,8 @@ pytestmark = pytest.mark.ros
 @pytest.mark.parametrize("gap_s", [0.0, 0.005, 0.05, 0.3])
 def test_two_sigints_still_shut_down_cleanly(tmp_path, gap_s):
     rh.require_isolation()
-    node = rh.NodeProcess(tmp_path / "tracker_node.log", rh.TINY)
+    # 512 px: a frame takes ~0.1 s here, so the signals usually land while one is being tracked
+    node = rh.NodeProcess(tmp_path / "tracker_node.log", {**rh.TINY, "model.image_size": 512})
     client = rh.Client(subscribe=("labels",))
     camera = None
     try:

@@ -280,6 +280,8 @@ class TrackerNode(Node):
             try:
                 self._process(*item)
             except Exception as exc:  # the worker must survive anything; say what happened
+                if not self.context.ok():
+                    return  # shutting down (Ctrl-C): the frame in flight has nowhere to be published
                 self._stats.count("internal_errors")
                 self._stats.problem(f"internal error: {exc}")
                 self._warn_throttled(
