@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 
+import psutil
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -31,20 +32,18 @@ import ros_helpers as rh  # noqa: E402  (the node tests' harness: node process, 
 
 
 class RssSampler:
-    """The node's resident memory (MiB) every 0.5 s, from /proc, in a thread."""
+    """The node's resident memory (MiB) every 0.5 s, in a thread."""
 
     def __init__(self, pid: int, period: float = 0.5):
         self.samples: list[float] = []
         self._stop = threading.Event()
-        self._pid, self._period = pid, period
+        self._process, self._period = psutil.Process(pid), period
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._period):
-            for line in pathlib.Path(f"/proc/{self._pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    self.samples.append(int(line.split()[1]) / 1024)
+            self.samples.append(self._process.memory_info().rss / 2**20)
 
     def stop(self) -> None:
         self._stop.set()
@@ -86,7 +85,7 @@ def main() -> int:
     # latency over the stream in tenths: flat when the node keeps only the newest frame
     values = [s for _, s in result.latencies]
     tenth = max(len(values) // 10, 1)
-    medians = [sorted(values[i : i + tenth])[len(values[i : i + tenth]) // 2] for i in range(0, len(values), tenth)]
+    medians = [statistics.median(values[i : i + tenth]) for i in range(0, len(values), tenth)]
     print("median latency per tenth of the stream (s): " + " ".join(f"{m:.3f}" for m in medians))
     return 0
 

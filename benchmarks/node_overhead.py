@@ -64,14 +64,14 @@ def run(name: str, frames: int, objects: int, log_dir: pathlib.Path) -> dict:
             resp = client.call("add_prompt", object_id=k + 1, mask=rh.mask_image(mask), timeout=120.0)
             assert resp.success, resp.message
         client.publish_and_wait(rh.frame(1, width, height), encoding, timeout=300.0)
-        start = _settled(client)
+        start = rh.settled_counts(client, {}, min_processed=1, timeout=30.0)
         client.diagnostics.clear()
         round_trips = []
         for i in range(frames):
             t = time.monotonic()
             client.publish_and_wait(rh.frame(i + 2, width, height), encoding, timeout=300.0)
             round_trips.append(time.monotonic() - t)
-        end = _settled(client, int(start["frames_processed"]) + frames)
+        end = rh.settled_counts(client, {}, min_processed=int(start["frames_processed"]) + frames, timeout=30.0)
         stats = _weighted_stage_means(client, start)
         stats["round_trip"] = statistics.mean(round_trips) * 1e3
         stats["frames"] = int(end["frames_processed"]) - int(start["frames_processed"])
@@ -81,14 +81,6 @@ def run(name: str, frames: int, objects: int, log_dir: pathlib.Path) -> dict:
     finally:
         client.close()
         node.stop()
-
-
-def _settled(client, min_processed: int = 1) -> dict:
-    return rh.wait_until(
-        lambda: (t := client.diagnostics_totals()) and int(t["frames_processed"]) >= min_processed and t,
-        30.0,
-        "diagnostics",
-    )
 
 
 def _weighted_stage_means(client, start: dict) -> dict:

@@ -15,8 +15,6 @@ from std_msgs.msg import Header
 
 from threeam_ros import conversions
 
-COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_rejected")
-
 
 @dataclasses.dataclass
 class FloodResult:
@@ -30,7 +28,7 @@ class FloodResult:
     # seconds from the last publish to its label image: a node that queued would first work off its backlog
     drain_s: float
     service_times: dict[str, list[float]]
-    counts: dict[str, int]  # COUNTERS over the flood, from the node's own diagnostics
+    counts: dict[str, int]  # rh.COUNTERS over the flood, from the node's own diagnostics
 
     def thirds(self) -> tuple[float, float]:
         """Median latency of the first and of the last third of the processed frames."""
@@ -72,7 +70,7 @@ def flood(client, frames: int, rate_hz: float, clicking: bool = True, burst: int
 
     # counters from a diagnostics message that already counts every frame tracked so far (one per distinct stamp)
     tracked = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in client.labels.messages()}
-    before = settled_counts(client, {}, min_processed=len(tracked))
+    before = rh.settled_counts(client, {}, min_processed=len(tracked))
     client.labels.clear()
     service_times = {"list_objects": [], "add_prompt": []}
     failures: list[str] = []
@@ -121,7 +119,7 @@ def flood(client, frames: int, rate_hz: float, clicking: bool = True, burst: int
             first_arrival.setdefault(key, arrived)
     index = {key: i for i, key in enumerate(sent)}
     latencies = sorted((index[key], arrived - sent[key]) for key, arrived in first_arrival.items())
-    totals = settled_counts(client, before, min_processed=len(latencies))
+    totals = rh.settled_counts(client, before, min_processed=len(latencies))
     return FloodResult(
         frames=frames,
         publish_s=publish_s,
@@ -130,21 +128,5 @@ def flood(client, frames: int, rate_hz: float, clicking: bool = True, burst: int
         last_index=index[last],
         drain_s=first_arrival[last] - sent[last],
         service_times=service_times,
-        counts={k: int(totals[k]) - int(before.get(k, 0)) for k in COUNTERS},
+        counts={k: int(totals[k]) - int(before.get(k, 0)) for k in rh.COUNTERS},
     )
-
-
-def settled_counts(client, before: dict, min_processed: int) -> dict:
-    """Diagnostics of an idle node: every frame it got is accounted for (processed, dropped or rejected)."""
-
-    def settled():
-        t = client.diagnostics_totals()
-        if not t:
-            return None
-        delta = {k: int(t[k]) - int(before.get(k, 0)) for k in COUNTERS}
-        if delta["frames_processed"] < min_processed:
-            return None
-        counted = delta["frames_processed"] + delta["frames_dropped"] + delta["frames_rejected"]
-        return t if counted == delta["frames_received"] else None
-
-    return rh.wait_until(settled, 20.0, "diagnostics that account for every frame")

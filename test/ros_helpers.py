@@ -300,6 +300,26 @@ class Client:
         self.context.try_shutdown()
 
 
+COUNTERS = ("frames_received", "frames_processed", "frames_dropped", "frames_rejected")
+
+
+def settled_counts(client: Client, before: dict, min_processed: int, timeout: float = 20.0) -> dict:
+    """Diagnostics of an idle node: at least `min_processed` frames processed since `before` (earlier diagnostics
+    values, or {}) and every frame it got accounted for (processed, dropped or rejected)."""
+
+    def settled():
+        t = client.diagnostics_totals()
+        if not t:
+            return None
+        delta = {k: int(t[k]) - int(before.get(k, 0)) for k in COUNTERS}
+        if delta["frames_processed"] < min_processed:
+            return None
+        counted = delta["frames_processed"] + delta["frames_dropped"] + delta["frames_rejected"]
+        return t if counted == delta["frames_received"] else None
+
+    return wait_until(settled, timeout, "diagnostics that account for every frame")
+
+
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.01):
     """Poll `predicate` until it returns something truthy (returned) or `timeout` s pass (test fails)."""
     deadline = time.monotonic() + max(timeout, 0.0)

@@ -152,9 +152,7 @@ class TrackerNode(Node):
             callback_group=MutuallyExclusiveCallbackGroup(),
             event_callbacks=_NO_QOS_EVENTS,
         )
-        self._in_type_name = f"sensor_msgs/msg/{in_type.__name__}"
         self._received_at_last_diag = -1
-        self._input_problem = ""  # the last reason logged for a silent camera topic
         self._geometry_sync: GeometrySync | None = None
         if self.cfg["reid.enabled"] and self.cfg["reid.source"] == "rgbd":
             self._subscribe_geometry()
@@ -470,15 +468,12 @@ class TrackerNode(Node):
             problem = input_problem(
                 self.get_publishers_info_by_topic(self._sub.topic_name),
                 self._sub.topic_name,
-                self._in_type_name,
+                f"sensor_msgs/msg/{self._sub.msg_type.__name__}",
                 reliable=self.cfg["input.qos"] == "reliable",
             )
             if problem:
                 snap["last_problem"] = problem
-                if problem != self._input_problem:
-                    self._log_times.pop("input", None)  # a new reason is logged at once
-                self._warn_throttled("input", problem, period=10.0)
-            self._input_problem = problem or ""
+                self._warn_throttled(f"input: {problem}", problem, period=10.0)  # a new reason is logged at once
         self._received_at_last_diag = received
         with self._state_lock:
             n = len(self._objects)
