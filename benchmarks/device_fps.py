@@ -22,7 +22,7 @@ import torch
 
 from threeam_model.data.synthetic import render_scene
 from threeam_model.factory import TrackerConfig, build_tracker
-from threeam_model.sam2_stream import StreamingSAM2
+from threeam_model.streaming import StreamingSAM2
 
 COMBOS = [("b+", "224"), ("b+", "512"), ("l", "224"), ("l", "512")]
 
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                 "sam2_4": fps(sam2, frames, 4, args.warmup, threeam.device),
                 "3am_1": fps(threeam, frames, 1, args.warmup, threeam.device),
             }
-            keyframes = len(threeam.must3r.memory_images)
+            keyframes = len(threeam.features.must3r.memory_images)
             r["3am_4"] = fps(threeam, frames, 4, args.warmup, threeam.device)
         mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
         rows.append((variant, must3r, r, keyframes, mem))

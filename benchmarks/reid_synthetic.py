@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from threeam_model.data.synthetic import render_scene
+from threeam_model.interface import CameraGeometry
 from threeam_model.reid import GeometricReID, ReIDConfig, RGBDGeometry
 from threeam_model.reid.oracle import LossyOracleTracker
 
@@ -52,19 +53,16 @@ def run_scene(scene: dict, mode: str, args) -> dict:
         if o["lookalike_of"] is not None:
             twins[o["id"]], twins[o["lookalike_of"]] = o["lookalike_of"], o["id"]
     base = LossyOracleTracker(lambda i: inst[i], lose_below=args.lose_px, lookalikes=twins)
-    geometry = RGBDGeometry()
     mode_on = mode != "off"
     config = ReIDConfig(reject_out_of_view=mode == "on+reject")
-    tracker = GeometricReID(base, geometry, config) if mode_on else base
+    tracker = GeometricReID(base, RGBDGeometry(), config) if mode_on else base
     ids = [o["id"] for o in scene["objects"]]
     px = {i: (inst == i).sum(axis=(1, 2)) for i in ids}
     prompted_at = {}
     masks = {i: [] for i in ids}
     reid_s = []
     for t in range(len(rgb)):
-        if mode_on:
-            geometry.set_next(depth[t], K, poses[t])
-        res = tracker.track(rgb[t])
+        res = tracker.track(rgb[t], geometry=CameraGeometry(depth[t], K, poses[t]) if mode_on else None)
         if mode_on:
             reid_s.append(res.timings["reid"])
         for i in ids:
@@ -137,20 +135,18 @@ def accuracy(args) -> None:
 
 def cost(args) -> None:
     from threeam_model.sam2_build import build_sam2
-    from threeam_model.sam2_stream import StreamingSAM2
+    from threeam_model.streaming import StreamingSAM2
 
     torch.set_num_threads(args.threads)
     w, h = args.cost_size, args.cost_size * 3 // 4
     scene = render_scene(3, args.cost_frames, w, h, num_objects=4)
     model = build_sam2(args.cost_variant, checkpoint=None, image_size=args.sam2_size, device=args.device)
     base = StreamingSAM2(model)
-    geometry = RGBDGeometry()
-    tracker = GeometricReID(base, geometry, ReIDConfig())
+    tracker = GeometricReID(base, RGBDGeometry(), ReIDConfig())
     inst = scene["instance"]
     sam2_s, reid_s, prompt_s, prompted = [], [], [], 0
     for t in range(args.cost_frames):
-        geometry.set_next(scene["depth"][t], scene["K"], scene["poses"][t])
-        res = tracker.track(scene["rgb"][t])
+        res = tracker.track(scene["rgb"][t], geometry=CameraGeometry(scene["depth"][t], scene["K"], scene["poses"][t]))
         if t == 0:
             for o in scene["objects"]:
                 if (inst[0] == o["id"]).sum() >= 16:

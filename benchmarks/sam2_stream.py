@@ -21,7 +21,7 @@ import psutil
 import torch
 
 from threeam_model.sam2_build import build_sam2
-from threeam_model.sam2_stream import StreamingSAM2
+from threeam_model.streaming import StreamingSAM2
 
 
 def moving_scene(n: int, h: int, w: int, seed: int = 0):

@@ -28,8 +28,7 @@ import torch
 from threeam_model.data.synthetic import render_scene
 from threeam_model.factory import TrackerConfig, build_tracker
 from threeam_model.must3r.stream import Must3rStream
-from threeam_model.sam2_stream import StreamingSAM2
-from threeam_model.tracker import ThreeAMTracker
+from threeam_model.streaming import MergedFeatures, StreamingSAM2
 
 
 def frames_for(n: int, width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -51,12 +50,13 @@ def per_frame_costs(cfg: TrackerConfig, frames: np.ndarray, warmup: int) -> dict
     # the other runs share its stateless models (SAM 2, MUSt3R, merger), each with its own streaming state
 
     def must3r_stream():
-        s = threeam1.must3r
+        s = threeam1.features.must3r
         return Must3rStream(s.model, image_size=s.image_size, max_memory_images=s.max_memory_images,
                             feat_layers=s.feat_layers)  # fmt: skip
 
     options = dict(max_cond_frames=cfg.max_conditioning_frames, max_objects=cfg.max_objects)
-    threeam4 = ThreeAMTracker(threeam1.model, must3r_stream(), threeam1.merger, **options)
+    merged4 = MergedFeatures(must3r_stream(), threeam1.features.merger)
+    threeam4 = StreamingSAM2(threeam1.model, features=merged4, **options)
     sam2 = StreamingSAM2(threeam1.model, **options)
     sam2_4 = StreamingSAM2(threeam1.model, **options)
     must3r = must3r_stream()
@@ -122,7 +122,7 @@ def long_stream(n: int, start: int, objects: int, seed: int) -> dict:
         "rss_max": max(rss[start:]),
         "state_at_start": state[start],
         "state_end": state[-1],
-        "must3r_memory_images": len(tracker.must3r.memory_images),
+        "must3r_memory_images": len(tracker.features.must3r.memory_images),
     }
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from threeam_model.data.synthetic import render_scene
 from threeam_model.factory import TrackerConfig, build_tracker
+from threeam_model.interface import CameraGeometry
 from threeam_model.reid import GeometricReID, Must3rGeometry, RGBDGeometry
 
 
@@ -29,8 +30,7 @@ def test_sam2_with_rgbd_reid(scene):
     inst = scene["instance"]
     for t in range(3):
         depth_mm = np.round(scene["depth"][t] * 1000).astype(np.uint16)
-        tracker.geometry.set_next(depth_mm, scene["K"], scene["poses"][t])
-        result = tracker.track(scene["rgb"][t])
+        result = tracker.track(scene["rgb"][t], geometry=CameraGeometry(depth_mm, scene["K"], scene["poses"][t]))
         if t == 0:
             tracker.add_prompt(1, mask=inst[0] == 1)
         assert "reid" in result.timings
@@ -41,16 +41,15 @@ def test_sam2_with_rgbd_reid(scene):
 def test_must3r_reid(scene, method):
     tracker = build_tracker(TrackerConfig(method=method, tiny=True, reid="must3r"))
     assert isinstance(tracker, GeometricReID) and isinstance(tracker.geometry, Must3rGeometry)
-    shared = method == "3am"  # the 3AM tracker's own MUSt3R output is reused, not run twice
+    shared = method == "3am"  # the 3AM tracker's own MUSt3R output (FrameResult.scene) is reused, not run twice
     assert (tracker.geometry.stream is None) == shared
     for t in range(2):
         result = tracker.track(scene["rgb"][t])
         if t == 0:
             tracker.add_prompt(1, mask=scene["instance"][0] == 1)
         assert result.frame_index == t
-    if shared:  # reading the tracker's MUSt3R frame again gives the same geometry, without a MUSt3R step
-        steps = tracker.base.must3r.frame_count
-        assert tracker.geometry.geometry(scene["rgb"][1], 4) is not None
-        assert tracker.base.must3r.frame_count == steps
+        assert (result.scene is not None) == shared
+    if shared:  # reading the frame's scene output again gives the same geometry, without running MUSt3R
+        assert tracker.geometry.geometry(scene["rgb"][1], 4, None, result) is not None
     tracker.reset()
     assert tracker.frame_index == -1

@@ -5,7 +5,8 @@ import pytest
 from scipy import ndimage
 
 from threeam_model.data.synthetic import intrinsics, look_at, render_frame
-from threeam_model.reid import GeometryInputError, ObjectAnchor, RGBDGeometry, pointmap_geometry
+from threeam_model.interface import CameraGeometry, FrameResult, TrackerInputError
+from threeam_model.reid import GeometryInputError, ObjectAnchor, RGBDGeometry, check_camera, pointmap_geometry
 from threeam_model.reid.geometry import Must3rGeometry, fit_projection, grid_stride
 
 W, H = 160, 120
@@ -23,8 +24,7 @@ def test_rgbd_points_lie_on_the_surface_and_project_back():
     K = intrinsics(W, H)
     rgb, depth, inst = _render(K, W, H)
     src = RGBDGeometry()
-    src.set_next(depth, K, POSE)
-    geo = src.geometry(rgb, 1)
+    geo = src.geometry(rgb, 1, CameraGeometry(depth, K, POSE))
     sphere = inst == 1
     r = np.linalg.norm(geo.points[sphere] - np.array(SPHERE["center"]), axis=1)
     assert np.abs(r - 0.4).max() < 1e-3
@@ -38,11 +38,10 @@ def test_rgbd_stride_resolution_and_units():
     K = intrinsics(W, H)
     rgb, depth, inst = _render(K, W, H)
     src = RGBDGeometry()
-    src.set_next(depth, K, POSE)
-    full = src.geometry(rgb, 1)
+    camera = CameraGeometry(depth, K, POSE)
+    full = src.geometry(rgb, 1, camera)
     # stride 4: the grid samples every 4th pixel, and its projection maps into grid coordinates
-    src.set_next(depth, K, POSE)
-    coarse = src.geometry(rgb, 4)
+    coarse = src.geometry(rgb, 4, camera)
     assert coarse.grid_size == (30, 40) and coarse.stride == 4
     assert np.allclose(coarse.points, full.points[::4, ::4], atol=1e-5)
     uv, _ = coarse.project(full.points[8, 12][None].astype(np.float64))
@@ -53,8 +52,7 @@ def test_rgbd_stride_resolution_and_units():
     K2[:2, 2] = (np.array([2 * W, 2 * H]) - 1) / 2
     _, depth2, _ = _render(K2, 2 * W, 2 * H)
     src_mm = RGBDGeometry(depth_scale=0.001)
-    src_mm.set_next(np.round(depth2 * 1000).astype(np.uint16), K2, POSE)
-    geo2 = src_mm.geometry(rgb, 1)
+    geo2 = src_mm.geometry(rgb, 1, CameraGeometry(np.round(depth2 * 1000).astype(np.uint16), K2, POSE))
     inner = ndimage.binary_erosion(inst == 1, iterations=2)  # silhouette pixels may sample the background
     assert np.isfinite(geo2.depth).all()
     assert np.allclose(geo2.depth[inner], full.depth[inner], rtol=0.01)
@@ -68,19 +66,31 @@ def test_rgbd_unknown_depth_and_bad_input():
     depth[:10] = 0
     depth[10:12] = np.nan
     src = RGBDGeometry()
-    src.set_next(depth, K, POSE)
-    geo = src.geometry(rgb, 1)
+    geo = src.geometry(rgb, 1, CameraGeometry(depth, K, POSE))
     assert not geo.valid[:12].any() and np.isnan(geo.points[:12]).all() and geo.valid[12:].all()
-    with pytest.raises(GeometryInputError, match="K must be"):
-        src.set_next(depth, np.eye(2), POSE)
-    with pytest.raises(GeometryInputError, match="rotation"):
-        src.set_next(depth, K, np.diag([2.0, 1, 1, 1]))
-    with pytest.raises(GeometryInputError, match=r"\(H, W\)"):
-        src.set_next(depth[0], K, POSE)
-    with pytest.raises(GeometryInputError, match="numeric"):
-        src.set_next(depth.astype(bool), K, POSE)
+    assert src.geometry(rgb, 1, None) is None  # a frame given without geometry has none
+    bad = {
+        "K must be": CameraGeometry(depth, np.eye(2), POSE),
+        "rotation": CameraGeometry(depth, K, np.diag([2.0, 1, 1, 1])),
+        r"\(H, W\)": CameraGeometry(depth[0], K, POSE),
+        "numeric": CameraGeometry(depth.astype(bool), K, POSE),
+        "c2w must be": CameraGeometry(depth, K, np.eye(3)),
+    }
+    for match, camera in bad.items():
+        # the same check in the source, in its pre-check and in the public helper (the ROS node uses it)
+        for check in (lambda c: src.geometry(rgb, 1, c), src.check, check_camera):
+            with pytest.raises(GeometryInputError, match=match):
+                check(camera)
+    assert issubclass(GeometryInputError, TrackerInputError)
+    with pytest.raises(GeometryInputError, match="CameraGeometry"):
+        check_camera((depth, K, POSE))
     with pytest.raises(GeometryInputError, match="depth_scale"):
         RGBDGeometry(depth_scale=0)
+    # (H, W, 1) depth and integer K are normalised; an already clean geometry is returned as it is
+    checked = check_camera(CameraGeometry(depth[..., None], K.astype(np.int64), POSE))
+    assert checked.depth.shape == (H, W) and checked.K.dtype == np.float64
+    clean = CameraGeometry(depth, K.astype(np.float64), POSE.astype(np.float64))
+    assert check_camera(clean) is clean
 
 
 def _model_pointmap(crop_box, hm, wm):
@@ -154,6 +164,22 @@ def test_must3r_source_runs_on_the_tiny_streaming_model():
         assert geo.valid.mean() > 0.5 and np.isfinite(geo.projection).all()
     src.reset()
     assert stream.frame_count == 0
+
+
+def test_must3r_source_reads_the_base_trackers_scene_output():
+    from types import SimpleNamespace
+
+    crop = (20, 0, 140, 120)
+    scene = SimpleNamespace(pts3d=_model_pointmap(crop, 64, 64), conf=np.full((64, 64), 5.0), crop_box=crop)
+    rgb, _, _ = _render(intrinsics(W, H), W, H)
+    src = Must3rGeometry.from_tracker_scene(conf_min=3.0)
+    assert src.stream is None
+    geo = src.geometry(rgb, 2, None, FrameResult(0, (H, W), {}, scene=scene))
+    expected = pointmap_geometry(scene.pts3d, scene.conf, crop, (H, W), stride=2, conf_min=3.0)
+    assert np.array_equal(geo.valid, expected.valid) and np.allclose(geo.projection, expected.projection)
+    src.reset()  # no stream of its own to reset
+    with pytest.raises(GeometryInputError, match="no scene output.*method 3am.*stream"):
+        src.geometry(rgb, 2, None, FrameResult(0, (H, W), {}))
 
 
 # ------------------------------------------------------------------------------------------------------ anchor

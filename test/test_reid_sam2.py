@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from threeam_model.data.synthetic import intrinsics, look_at, render_frame
-from threeam_model.interface import ObjectResult
+from threeam_model.interface import CameraGeometry, ObjectResult
 from threeam_model.reid import GeometricReID, ReIDConfig, RGBDGeometry
 from threeam_model.sam2_build import build_sam2
-from threeam_model.sam2_stream import StreamingSAM2
+from threeam_model.streaming import StreamingSAM2
 
 W, H = 96, 72
 K = intrinsics(W, H)
@@ -30,8 +30,8 @@ class _LosesObject(StreamingSAM2):
         super().__init__(model)
         self.blind = set(blind)
 
-    def track(self, frame):
-        result = super().track(frame)
+    def track(self, frame, geometry=None):
+        result = super().track(frame, geometry=geometry)
         if result.frame_index in self.blind and 1 in result.objects:
             result.objects[1] = ObjectResult.from_logits(1, np.full((H, W), -10.0, np.float32), 0.0)
         return result
@@ -52,12 +52,10 @@ def test_reacquisition_prompt_runs_through_real_streaming_sam2(tiny_sam2):
     frames = [render_frame(p, K, W, H, [BOX], ROOM) for p in poses]
     base = _LosesObject(tiny_sam2, blind={1, 2, 3, 4})
     assert not base.correction_as_cond  # official SAM 2 default: corrections are not conditioning frames
-    geometry = RGBDGeometry()
-    tracker = GeometricReID(base, geometry, ReIDConfig(min_prior_pixels=32))
+    tracker = GeometricReID(base, RGBDGeometry(), ReIDConfig(min_prior_pixels=32))
     results = []
     for t, (rgb, depth, inst) in enumerate(frames):
-        geometry.set_next(depth, K, poses[t])
-        res = tracker.track(rgb)
+        res = tracker.track(rgb, geometry=CameraGeometry(depth, K, poses[t]))
         if t == 0:
             res.objects[1] = tracker.add_prompt(1, mask=inst == 1)
         results.append(res)

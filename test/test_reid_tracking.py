@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from threeam_model.data.synthetic import intrinsics, look_at, render_frame
-from threeam_model.reid import GeometricReID, Must3rGeometry, ReIDConfig, RGBDGeometry
+from threeam_model.interface import CameraGeometry
+from threeam_model.reid import GeometricReID, GeometryInputError, Must3rGeometry, ReIDConfig, RGBDGeometry
 from threeam_model.reid.oracle import LossyOracleTracker
 from threeam_model.reid.reid import OCCLUDED, OUT_OF_VIEW, VISIBLE
 
@@ -48,14 +49,12 @@ def _yaw_pose(position, yaw_deg, target_height=0.3):
 def _run(rgb, depth, inst, poses, obj_gt=1, config=None, lose_below=20, start=0, switch_at=None):
     """Prompt object 1 with its GT mask on `start`, track the rest; returns (tracker, results, base)."""
     base = LossyOracleTracker(lambda i: inst[start + i], lose_below=lose_below)
-    geometry = RGBDGeometry()
-    tracker = GeometricReID(base, geometry, config or ReIDConfig())
+    tracker = GeometricReID(base, RGBDGeometry(), config or ReIDConfig())
     results = []
     for t in range(start, len(rgb)):
         if switch_at is not None and t == switch_at[0]:
             base.switch(1, switch_at[1])
-        geometry.set_next(depth[t], K, poses[t])
-        res = tracker.track(rgb[t])
+        res = tracker.track(rgb[t], geometry=CameraGeometry(depth[t], K, poses[t]))
         if t == start:
             res.objects[1] = tracker.add_prompt(1, mask=inst[t] == obj_gt)
         results.append(res)
@@ -169,11 +168,9 @@ def test_occluded_object_is_not_prompted_until_it_comes_out():
     assert not any(t in events for t in hidden), f"prompted while fully hidden: {sorted(events)}"
     # while hidden, the anchor is in view but behind the pillar
     states = {}
-    g = RGBDGeometry()
-    probe = GeometricReID(LossyOracleTracker(lambda i: inst[i]), g)
+    probe = GeometricReID(LossyOracleTracker(lambda i: inst[i]), RGBDGeometry())
     for t in range(len(poses)):
-        g.set_next(depth[t], K, poses[t])
-        probe.track(rgb[t])
+        probe.track(rgb[t], geometry=CameraGeometry(depth[t], K, poses[t]))
         if t == 0:
             probe.add_prompt(1, mask=inst[0] == 1)
         states[t] = probe.view(1).state
@@ -224,18 +221,38 @@ def test_correct_tracking_raises_no_events_and_anchor_stays_bounded():
 def test_frames_without_geometry_pass_the_base_result_through():
     poses = np.stack([_yaw_pose((0.0, -3.0, 1.2), a) for a in (0.0, 60.0, 0.0)])
     rgb, depth, inst = _render(poses, [[_box(1, 0.0, 0.0)]] * 3)
-    base = LossyOracleTracker(lambda i: inst[i])
-    geometry = RGBDGeometry()
-    tracker = GeometricReID(base, geometry)
-    geometry.set_next(depth[0], K, poses[0])
-    tracker.track(rgb[0])
+    base = LossyOracleTracker(lambda i: inst[min(i, 2)])  # frame 3 shows frame 2 again
+    tracker = GeometricReID(base, RGBDGeometry())
+    tracker.track(rgb[0], geometry=CameraGeometry(depth[0], K, poses[0]))
     tracker.add_prompt(1, mask=inst[0] == 1)
-    for t in (1, 2):  # no set_next: no geometry, so no re-acquisition on frame 2 although the box is back
+    for t in (1, 2):  # no geometry given: no re-acquisition on frame 2 although the box is back
         res = tracker.track(rgb[t])
     assert not res.objects[1].visible and not tracker.events
-    # the set_next is consumed by one frame only
-    geometry.set_next(depth[2], K, poses[2])
-    assert geometry.geometry(rgb[2], 1) is not None and geometry.geometry(rgb[2], 1) is None
+    # the next frame's geometry is the one given with it: here it brings the box back at once
+    res = tracker.track(rgb[2], geometry=CameraGeometry(depth[2], K, poses[2]))
+    assert res.objects[1].reacquired and [e.frame_index for e in tracker.events] == [3]
+
+
+class _RecordingOracle(LossyOracleTracker):
+    def track(self, frame, geometry=None):
+        self.given = geometry
+        return super().track(frame, geometry=geometry)
+
+
+def test_bad_geometry_is_refused_before_the_base_tracker_sees_the_frame():
+    poses = np.stack([_yaw_pose((0.0, -3.0, 1.2), 0.0)] * 2)
+    rgb, depth, inst = _render(poses, [[_box(1, 0.0, 0.0)]] * 2)
+    base = _RecordingOracle(lambda i: inst[i])
+    tracker = GeometricReID(base, RGBDGeometry())
+    camera = CameraGeometry(depth[0][..., None], K, poses[0])
+    tracker.track(rgb[0], geometry=camera)
+    assert base.given.depth.shape == (H, W)  # the base gets the geometry too, as checked
+    tracker.add_prompt(1, mask=inst[0] == 1)
+    with pytest.raises(GeometryInputError, match="rotation"):
+        tracker.track(rgb[1], geometry=CameraGeometry(depth[1], K, np.diag([2.0, 1, 1, 1])))
+    assert tracker.frame_index == 0  # the frame was not consumed: the caller can track it without geometry
+    res = tracker.track(rgb[1])
+    assert res.frame_index == 1 and res.objects[1].visible and base.given is None
 
 
 @pytest.mark.parametrize("prompt", ["point", "box"])
@@ -268,12 +285,10 @@ def test_lookalike_jump_while_anchor_out_of_view_is_rejected_only_when_asked():
 
     def run(reject):
         base = LossyOracleTracker(lambda i: inst[i], lookalikes={1: 2, 2: 1})
-        geometry = RGBDGeometry()
-        tracker = GeometricReID(base, geometry, ReIDConfig(reject_out_of_view=reject))
+        tracker = GeometricReID(base, RGBDGeometry(), ReIDConfig(reject_out_of_view=reject))
         results = []
         for t in range(len(rgb)):
-            geometry.set_next(depth[t], K, poses[t])
-            res = tracker.track(rgb[t])
+            res = tracker.track(rgb[t], geometry=CameraGeometry(depth[t], K, poses[t]))
             if t == 0:
                 res.objects[1] = tracker.add_prompt(1, mask=inst[0] == 1)
             results.append(res)

@@ -1,5 +1,6 @@
 """StreamingSAM2 behaviour on a tiny random-weight SAM 2.1 (CPU): bounded state, object independence, reset, the
-memory-feature hook, input errors. Parity with the official predictor is in test_sam2_stream_parity.py."""
+feature-provider and memory-policy seams, input errors. Parity with the official predictor is in
+test_sam2_stream_parity.py."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from threeam_model.interface import FrameError, PromptError, Tracker, TrackerInputError
 from threeam_model.sam2_build import build_sam2
-from threeam_model.sam2_stream import StreamingSAM2
+from threeam_model.streaming import FeatureOutput, Sam2Window, SamFeatures, StreamingSAM2
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,17 @@ def logits_of(result):
     return {obj_id: obj.mask_logits for obj_id, obj in result.objects.items()}
 
 
+def same(a, b, exact: bool) -> bool:
+    """Equal bit for bit (per-object path), or same mask and logits to float32 rounding (batched path, where the
+    other objects of a batch change the order of sums)."""
+    if exact:
+        return np.array_equal(a, b)
+    return np.array_equal(a > 0, b > 0) and float(np.abs(a - b).max()) <= 1e-5 * max(1.0, float(np.abs(a).max()))
+
+
+BOTH_PATHS = pytest.mark.parametrize("batch_objects", [False, True], ids=["per_object", "batched"])
+
+
 def test_implements_tracker_and_reports_results(model):
     tracker = StreamingSAM2(model)
     assert isinstance(tracker, Tracker)
@@ -42,7 +54,7 @@ def test_implements_tracker_and_reports_results(model):
     assert 0.0 <= obj.score <= 1.0 and (obj.mask == (obj.mask_logits > 0)).all()
     result = tracker.track(next(frames))
     assert result.frame_index == 1 and list(result.objects) == [7] and tracker.object_ids == [7]
-    assert {"image_encoder", "memory_features", "objects", "total"} <= set(result.timings)
+    assert {"image_encoder", "memory_features", "objects", "results", "total"} <= set(result.timings)
 
 
 def test_a_correction_conditions_the_memory_only_when_asked(model):
@@ -92,9 +104,10 @@ def test_state_is_flat_over_2000_frames(model):
     assert held["non_cond"] == list(range(1984, 2000)) and len(held["cond"]) == 2
 
 
-def test_removing_an_object_leaves_the_others_bitwise_unchanged(model):
+@BOTH_PATHS
+def test_removing_an_object_leaves_the_others_unchanged(model, batch_objects):
     def run(remove_at):
-        tracker = StreamingSAM2(model)
+        tracker = StreamingSAM2(model, batch_objects=batch_objects)
         per_frame = []
         for i, frame in enumerate(moving_frames(24)):
             per_frame.append(logits_of(tracker.track(frame)))
@@ -114,7 +127,7 @@ def test_removing_an_object_leaves_the_others_bitwise_unchanged(model):
     for i, (a, b) in enumerate(zip(kept, removed, strict=True)):
         assert set(b) == (set(a) - {2} if i > 9 else set(a))
         for obj_id in b:
-            assert np.array_equal(a[obj_id], b[obj_id]), f"object {obj_id} changed on frame {i}"
+            assert same(a[obj_id], b[obj_id], not batch_objects), f"object {obj_id} changed on frame {i}"
 
 
 def test_reset_returns_to_an_empty_state(model):
@@ -141,9 +154,10 @@ def test_reset_returns_to_an_empty_state(model):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_new_object_and_refinement_do_not_disturb_others(model):
+@BOTH_PATHS
+def test_new_object_and_refinement_do_not_disturb_others(model, batch_objects):
     def run(with_second):
-        tracker = StreamingSAM2(model)
+        tracker = StreamingSAM2(model, batch_objects=batch_objects)
         out = []
         for i, frame in enumerate(moving_frames(12)):
             out.append(logits_of(tracker.track(frame)).get(1))
@@ -157,23 +171,27 @@ def test_new_object_and_refinement_do_not_disturb_others(model):
         return out
 
     for a, b in zip(run(False), run(True), strict=True):
-        assert (a is None and b is None) or np.array_equal(a, b)
+        assert (a is None and b is None) or same(a, b, not batch_objects)
 
 
-def test_memory_feature_hook_feeds_memory_attention_and_memory_encoder(model):
-    """The overridden stride-16 feature is computed once per frame and is what memory attention and the memory
-    encoder receive; the stride-4/8 features still reach the mask decoder unchanged."""
+class Shifted(SamFeatures):
+    """A feature provider that changes SAM 2's stride-16 feature and counts its calls."""
 
-    class Shifted(StreamingSAM2):
-        calls = 0
-        last = None
+    def __init__(self):
+        self.calls, self.last = 0, None
 
-        def memory_features(self, backbone_out, frame):
-            assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8
-            Shifted.calls += 1
-            Shifted.last = backbone_out["backbone_fpn"][-1] * 0.5 + 0.1
-            return Shifted.last
+    def __call__(self, backbone_out, frame, geometry):
+        assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8
+        self.calls += 1
+        self.last = backbone_out["backbone_fpn"][-1] * 0.5 + 0.1
+        return FeatureOutput(self.last, scene={"frame": self.calls}, timings={"shift": 0.0})
 
+
+@BOTH_PATHS
+def test_feature_provider_feeds_memory_attention_and_memory_encoder(model, batch_objects):
+    """The provider's stride-16 feature is computed once per frame and is what memory attention and the memory
+    encoder receive; the stride-4/8 features still reach the mask decoder unchanged; its scene output and timings
+    come back in the FrameResult."""
     seen = {"mem_enc": [], "mem_attn": []}
     hooks = [
         model.memory_encoder.register_forward_pre_hook(lambda m, args: seen["mem_enc"].append(args[0])),
@@ -182,7 +200,9 @@ def test_memory_feature_hook_feeds_memory_attention_and_memory_encoder(model):
         ),
     ]
     try:
-        tracker, plain = Shifted(model), StreamingSAM2(model)
+        shifted = Shifted()
+        tracker = StreamingSAM2(model, features=shifted, batch_objects=batch_objects)
+        plain = StreamingSAM2(model, batch_objects=batch_objects)
         for i, frame in enumerate(moving_frames(6)):
             for t in (tracker, plain):
                 if t is tracker:
@@ -193,21 +213,74 @@ def test_memory_feature_hook_feeds_memory_attention_and_memory_encoder(model):
                     t.add_prompt(1, points=[[10, 20]])
                     t.add_prompt(2, box=[25, 30, 55, 47])
                     t.add_prompt(2, points=[[40, 40]])
-                if t is tracker and i > 1:
-                    feat = Shifted.last
-                    for x in seen["mem_enc"]:  # (B, C, H, W)
-                        assert torch.equal(x, feat)
-                    for x in seen["mem_attn"]:  # (HW, B, C)
-                        assert torch.equal(x, feat.flatten(2).permute(2, 0, 1))
-                    assert len(seen["mem_enc"]) == len(seen["mem_attn"]) == 2  # one step per object
                 if t is tracker:
-                    shifted = logits_of(r)
+                    assert r.scene == {"frame": i + 1} and "shift" in r.timings
+                if t is tracker and i > 1:
+                    feat = shifted.last
+                    for x in seen["mem_enc"]:  # (B, C, H, W)
+                        assert torch.equal(x, feat.expand_as(x))
+                    for x in seen["mem_attn"]:  # (HW, B, C)
+                        assert torch.equal(x, feat.flatten(2).permute(2, 0, 1).expand_as(x))
+                    # one step per object, or one batch for both (same memory layout)
+                    assert len(seen["mem_enc"]) == len(seen["mem_attn"]) == (1 if batch_objects else 2)
+                    assert sum(x.shape[0 if x.dim() == 4 else 1] for x in seen["mem_enc"]) == 2
+                if t is tracker:
+                    shifted_logits = logits_of(r)
             if i > 0:
-                assert not np.array_equal(shifted[1], logits_of(r)[1])
-        assert Shifted.calls == 6  # once per frame, whatever the objects and prompts
+                assert not np.array_equal(shifted_logits[1], logits_of(r)[1])
+        assert shifted.calls == 6  # once per frame, whatever the objects and prompts
     finally:
         for h in hooks:
             h.remove()
+
+
+class EverySecondFrame(Sam2Window):
+    """Test policy: tracked frames enter memory only on even frame indices (prompts always do)."""
+
+    def admit(self, memory, frame_idx, output, is_cond):
+        if is_cond or frame_idx % 2 == 0:
+            super().admit(memory, frame_idx, output, is_cond)
+
+
+@BOTH_PATHS
+def test_a_memory_policy_decides_what_memory_attention_reads(model, batch_objects):
+    """With a policy that keeps every second tracked frame, memory attention reads exactly the conditioning frame
+    plus the even frames among the last 6, in the official order (conditioning first, then oldest to newest)."""
+    reads = []
+    hook = model.memory_attention.register_forward_pre_hook(
+        lambda m, args, kwargs: reads.append((kwargs["memory"], kwargs["num_obj_ptr_tokens"])), with_kwargs=True
+    )
+    try:
+        policy = EverySecondFrame(model, max_cond_frames=8)
+        tracker = StreamingSAM2(model, memory_policy=policy, batch_objects=batch_objects)
+        plain = StreamingSAM2(model, batch_objects=batch_objects)
+        for i, frame in enumerate(moving_frames(14)):
+            reads.clear()
+            r, p = tracker.track(frame), plain.track(frame)
+            if i == 0:
+                tracker.add_prompt(1, points=[[10, 20]])
+                plain.add_prompt(1, points=[[10, 20]])
+                continue
+            held = tracker.memory_frames(1)
+            assert held["cond"] == [0] and all(t % 2 == 0 for t in held["non_cond"])
+            if i < 3:
+                continue
+            memory, n_ptr = reads[0]  # this frame's read, before this frame's output entered memory
+            mem_frames = [0] + [t for t in range(i - 6, i) if t > 0 and t % 2 == 0]
+            ptr_frames = [0] + [t for t in range(i - 15, i) if t > 0 and t % 2 == 0]
+            bank = tracker._objects[1].memory
+            stored = {**bank.non_cond, **bank.cond}
+            hw = stored[0]["maskmem_features"].flatten(2).shape[-1]
+            assert memory.shape[0] == len(mem_frames) * hw + n_ptr
+            for k, t in enumerate(mem_frames):
+                feats = stored[t]["maskmem_features"].flatten(2).permute(2, 0, 1)
+                assert torch.equal(memory[k * hw : (k + 1) * hw], feats.to(memory.dtype))
+            ptr_split = model.hidden_dim // model.mem_dim
+            assert n_ptr == len(ptr_frames) * ptr_split
+            if i % 2 == 1:  # odd frames: plain SAM 2 reads 3 more memories than the policy leaves
+                assert not np.array_equal(r.objects[1].mask_logits, p.objects[1].mask_logits)
+    finally:
+        hook.remove()
 
 
 def test_bfloat16_autocast_runs_and_roughly_agrees(model):
@@ -259,23 +332,24 @@ def test_bad_input_is_refused_without_changing_state(model, call, error, words):
 
 
 def test_a_failing_feature_step_leaves_the_state_as_it_was(model):
-    class Flaky(StreamingSAM2):
+    class Flaky(SamFeatures):
         fail = False
 
-        def memory_features(self, backbone_out, frame):
+        def __call__(self, backbone_out, frame, geometry):
             if self.fail:
                 raise RuntimeError("feature step failed")
-            return super().memory_features(backbone_out, frame)
+            return super().__call__(backbone_out, frame, geometry)
 
-    flaky, plain = Flaky(model), StreamingSAM2(model)
+    provider = Flaky()
+    flaky, plain = StreamingSAM2(model, features=provider), StreamingSAM2(model)
     for i, frame in enumerate(moving_frames(6)):
         for t in (flaky, plain):
             if t is flaky and i == 3:
-                t.fail = True
+                provider.fail = True
                 with pytest.raises(RuntimeError, match="feature step failed"):
                     t.track(frame)
                 assert t.frame_index == 2
-                t.fail = False
+                provider.fail = False
             r = t.track(frame)
             if i in (0, 2):  # the prompt on frame 2 is still pending when frame 3 fails
                 t.add_prompt(1, points=[[10 + i, 20]])

@@ -5,11 +5,15 @@ JPEG folder; we decode the same JPEGs and pass the frames one by one to our pred
 on the same frame; the official one then propagates forward from the frame after the prompt frame up to the next
 prompt frame (`propagate_in_video(start_frame_idx=..., max_frame_num_to_track=...)`), which is exactly what our
 `track` calls do in between. Each event -- a prompt's output, a tracked frame's output -- yields one mask-logit map
-per object at video resolution on both sides, and every one must agree within 1e-5.
+per object at video resolution on both sides. On the per-object path (`batch_objects=False`) every one must be
+equal bit for bit. On the batched path masks must be identical and logits equal to float32 rounding: within 1e-5 of
+the map's logit scale (the official no-object logit is -1024, so 1e-5 absolute near such values is one rounding).
 
 The script covers: object 1 from a positive+negative click on frame 0; object 2 added mid-stream from a box plus an
 extra click on the same frame; a refinement click on object 2 later; a negative refinement click on object 1; object
-3 from a mask prompt; a mask correction on object 1; 36 frames in all.
+3 from a mask prompt; a mask correction on object 1; 36 frames in all. A second script has six objects added on
+six different frames (so their memories have different layouts), one removed mid-stream, and one that leaves the
+view and is prompted again when it is back.
 """
 
 import numpy as np
@@ -17,7 +21,7 @@ import pytest
 from PIL import Image
 
 from threeam_model.sam2_build import build_sam2
-from threeam_model.sam2_stream import StreamingSAM2
+from threeam_model.streaming import StreamingSAM2
 
 N_FRAMES = 36
 H, W = 72, 88
@@ -51,6 +55,37 @@ PROMPTS = [
 ]
 
 
+def six_object_frames(n=N_FRAMES, h=H, w=W, seed=1):
+    """Six moving discs; the sixth leaves the view on the right (frames ~7-19) and comes back."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 80, size=(h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    colours = [(220, 70, 60), (50, 190, 100), (60, 90, 230), (230, 220, 60), (200, 60, 200), (240, 240, 240)]
+    frames = []
+    for i in range(n):
+        f = background.copy()
+        centres = [(12, 10 + i // 2), (12, 45 - i // 3), (35, 12 + i // 3), (35, 48), (58, 15 + i // 2)]
+        centres.append((58, 60 + 4 * i if i <= 14 else 116 - 5 * (i - 14)))
+        for (cy, cx), colour in zip(centres, colours, strict=True):
+            f[(yy - cy) ** 2 + (xx - cx) ** 2 < 6**2] = colour
+        frames.append(f)
+    return frames
+
+
+# six objects on six frames, one removed, one re-prompted after it was out of view
+PROMPTS_SIX = [
+    (0, 1, "points", dict(points=[[10, 12]], labels=[1])),
+    (2, 6, "box", dict(box=[61, 51, 75, 65])),
+    (3, 2, "box", dict(box=[37, 5, 52, 19])),
+    (5, 3, "mask", None),
+    (8, 4, "points", dict(points=[[48, 35], [20, 60]], labels=[1, 0])),
+    (10, 5, "box", dict(box=[12, 51, 28, 65])),
+    (16, 3, "remove", None),
+    (26, 6, "box", dict(box=[49, 51, 63, 65])),
+    (28, 4, "points", dict(points=[[50, 37]], labels=[1])),
+]
+
+
 def prompt_mask(frame_idx):
     yy, xx = np.mgrid[0:H, 0:W]
     return ((yy - 30) ** 2 + (xx - 15 - frame_idx) ** 2 < 10**2) | ((yy < 12) & (xx < 20))
@@ -78,7 +113,7 @@ def run_official(model, video_dir, prompts):
     events = []
 
     def record(frame_idx, obj_ids, masks, only=None):
-        for i, obj_id in enumerate(obj_ids):
+        for i, obj_id in sorted(enumerate(obj_ids), key=lambda item: item[1]):  # ours lists objects by id
             if only is None or obj_id == only:
                 events.append((frame_idx, obj_id, masks[i, 0].float().cpu().numpy().copy()))
 
@@ -93,6 +128,9 @@ def run_official(model, video_dir, prompts):
     for frame_idx, obj_id, kind, kw in prompts:
         propagate(done + 1, frame_idx)
         done = max(done, frame_idx)
+        if kind == "remove":
+            model.remove_object(state, obj_id, strict=True, need_output=False)
+            continue
         if kind == "mask":
             out = model.add_new_mask(state, frame_idx, obj_id, prompt_mask(frame_idx))
         else:
@@ -121,6 +159,9 @@ def run_stream(model, frames, prompts, **kwargs):
             events.append((frame_idx, obj_id, obj.mask_logits))
         for f, obj_id, kind, kw in prompts:
             if f == frame_idx:
+                if kind == "remove":
+                    tracker.remove_object(obj_id)
+                    continue
                 if kind == "mask":
                     obj = tracker.add_prompt(obj_id, mask=prompt_mask(frame_idx))
                 else:
@@ -129,8 +170,8 @@ def run_stream(model, frames, prompts, **kwargs):
     return events
 
 
-def compare(model, tmp_path, prompts, **kwargs):
-    frames = synthetic_frames()
+def compare(model, tmp_path, prompts, frames=None, **kwargs):
+    frames = synthetic_frames() if frames is None else frames
     for i, f in enumerate(frames):
         Image.fromarray(f).save(tmp_path / f"{i:05d}.jpg", quality=95)
     # our predictor sees exactly the pixels the official loader decodes
@@ -142,12 +183,16 @@ def compare(model, tmp_path, prompts, **kwargs):
     # same events in the same order: per tracked frame every object (by id), then that frame's prompts
     assert [e[:2] for e in official] == [e[:2] for e in ours]
     assert len(ours) == len(official) > 2 * N_FRAMES
-    worst = 0.0
+    exact = not kwargs.get("batch_objects", True)
     for (f, obj_id, a), (_, _, b) in zip(official, ours, strict=True):
         assert a.shape == b.shape == (H, W)
-        diff = float(np.abs(a - b).max())
-        worst = max(worst, diff)
-        assert diff <= 1e-5, f"frame {f} object {obj_id}: max |logit difference| {diff:g}"
+        where = f"frame {f} object {obj_id}"
+        if exact:
+            assert np.array_equal(a, b), f"{where}: max |logit difference| {float(np.abs(a - b).max()):g}"
+        else:
+            assert np.array_equal(a > 0, b > 0), f"{where}: {int(((a > 0) != (b > 0)).sum())} mask pixels differ"
+            diff, scale = float(np.abs(a - b).max()), max(1.0, float(np.abs(a).max()))
+            assert diff <= 1e-5 * scale, f"{where}: max |logit difference| {diff:g} at logit scale {scale:g}"
     # the comparison is not vacuous: masks change between events and objects are sometimes visible
     visible = [(e[2] > 0).mean() for e in ours]
     assert 0.05 < np.mean(visible) < 0.95 and len({round(v, 3) for v in visible}) > 20
@@ -158,14 +203,24 @@ def tiny_model():
     return build_sam2(tiny=True, seed=4)  # a seed whose random model shows masks of varying size
 
 
+PATHS = pytest.mark.parametrize("batch_objects", [False, True], ids=["per_object", "batched"])
+
+
+@PATHS
 @pytest.mark.filterwarnings("error")  # e.g. sam2's per-frame hole-filling warning, were fill_hole_area not 0
-def test_stream_equals_official_video_predictor(tmp_path):
-    visible = compare(tiny_model(), tmp_path, PROMPTS)
+def test_stream_equals_official_video_predictor(tmp_path, batch_objects):
+    visible = compare(tiny_model(), tmp_path, PROMPTS, batch_objects=batch_objects)
     assert min(visible) == 0.0  # an object judged absent at least once
 
 
-def test_capped_conditioning_frames_equal_official_with_max_cond_frames_in_attn(tmp_path):
+@PATHS
+def test_capped_conditioning_frames_equal_official_with_max_cond_frames_in_attn(tmp_path, batch_objects):
     model = tiny_model()
     model.add_all_frames_to_correct_as_cond = True
     model.max_cond_frames_in_attn = 2
-    compare(model, tmp_path, PROMPTS_MANY_COND, max_cond_frames=2)
+    compare(model, tmp_path, PROMPTS_MANY_COND, max_cond_frames=2, batch_objects=batch_objects)
+
+
+@PATHS
+def test_six_objects_added_removed_and_reprompted_equal_official(tmp_path, batch_objects):
+    compare(tiny_model(), tmp_path, PROMPTS_SIX, frames=six_object_frames(), batch_objects=batch_objects)

@@ -1,4 +1,5 @@
-"""ThreeAMTracker on tiny random models: an untrained merger reproduces streaming SAM 2 exactly; a trained-looking
+"""3AM (the streaming engine with the merged-feature provider) on tiny random models: an untrained merger
+reproduces streaming SAM 2 exactly; a trained-looking
 (perturbed) one changes the masks; fine-tuning gradients reach exactly the merger, memory attention and mask decoder;
 the factory builds both methods and refuses bad configs; caps hold."""
 
@@ -11,8 +12,9 @@ from threeam_model.factory import TrackerConfig, build_must3r_model, build_sam2_
 from threeam_model.interface import PromptError
 from threeam_model.merger import FeatureMerger
 from threeam_model.must3r.stream import Must3rStream
-from threeam_model.sam2_stream import StreamingSAM2
-from threeam_model.tracker import PAPER_LEARNING_RATES, ThreeAMTracker, merge_features, trainable_parameter_groups
+from threeam_model.streaming import MergedFeatures, SamFeatures, StreamingSAM2, merge_features
+from threeam_model.streaming.engine import IMG_MEAN, IMG_STD
+from threeam_model.train.trainable import PAPER_LEARNING_RATES, trainable_parameter_groups
 
 TINY = TrackerConfig(tiny=True, seed=0)
 
@@ -31,7 +33,7 @@ def models():
 def _threeam(sam2, must3r_model, merger=None, **kw):
     merger = merger or FeatureMerger(merger_config_for(sam2, must3r_model))
     stream = Must3rStream(must3r_model, image_size={1.0: (64, 64), 4 / 3: (64, 48)}, feat_layers=(0, 4, 7, 11))
-    return ThreeAMTracker(sam2, stream, merger, **kw)
+    return StreamingSAM2(sam2, features=MergedFeatures(stream, merger), **kw)
 
 
 def _run(tracker, rgb, instance):
@@ -81,10 +83,8 @@ def test_perturbed_merger_changes_the_masks(scene, models):
 
 def _clip_loss(sam2, must3r_model, merger, rgb):
     """A training-style forward over a clip (2 objects, memory across frames), returning a scalar."""
-    from threeam_model.sam2_stream import _IMG_MEAN, _IMG_STD
-
     stream = Must3rStream(must3r_model, image_size={1.0: (64, 64), 4 / 3: (64, 48)}, feat_layers=(0, 4, 7, 11))
-    mean, std = torch.tensor(_IMG_MEAN)[:, None, None], torch.tensor(_IMG_STD)[:, None, None]
+    mean, std = torch.tensor(IMG_MEAN)[:, None, None], torch.tensor(IMG_STD)[:, None, None]
     banks = {k: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}} for k in (1, 2)}
     boxes = {1: torch.tensor([[[4.0, 4.0], [30.0, 40.0]]]), 2: torch.tensor([[[30.0, 20.0], [60.0, 60.0]]])}
     loss = 0.0
@@ -133,9 +133,10 @@ def test_gradients_reach_exactly_merger_memory_attention_and_mask_decoder(scene)
 
 
 def test_factory_builds_both_methods_and_refuses_bad_configs():
-    assert isinstance(build_tracker(TINY), ThreeAMTracker)
+    threeam = build_tracker(TINY)
+    assert isinstance(threeam, StreamingSAM2) and isinstance(threeam.features, MergedFeatures)
     plain = build_tracker(TrackerConfig(tiny=True, method="sam2"))
-    assert isinstance(plain, StreamingSAM2) and not isinstance(plain, ThreeAMTracker)
+    assert isinstance(plain, StreamingSAM2) and isinstance(plain.features, SamFeatures)
     assert TrackerConfig(variant="base_plus").variant == "b+"
     with pytest.raises(ValueError, match="method"):
         TrackerConfig(method="sam3")
@@ -163,7 +164,8 @@ def test_mismatched_merger_is_refused(models):
 def test_reset_remove_caps_and_bounded_state(models):
     sam2, must3r_model = models
     tracker = _threeam(sam2, must3r_model, max_objects=2, max_cond_frames=2)
-    tracker.must3r.max_memory_images = 3
+    must3r = tracker.features.must3r
+    must3r.max_memory_images = 3
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (14, 54, 96, 3), dtype=np.uint8)
     tracker.track(frames[0])
@@ -178,12 +180,12 @@ def test_reset_remove_caps_and_bounded_state(models):
         if i % 3 == 0:
             tracker.add_prompt(1, points=[[20, 20]])  # corrections keep adding memory frames
         sizes.append(tracker.state_nbytes())
-        assert len(tracker.must3r.memory_images) <= 3
+        assert len(must3r.memory_images) <= 3
     assert max(sizes[-4:]) <= max(sizes[5:9]) * 1.05  # flat once every cap is reached
     tracker.remove_object(2)
     assert tracker.object_ids == [1]
     tracker.reset()
-    assert tracker.object_ids == [] and tracker.frame_index == -1 and tracker.must3r.frame_count == 0
+    assert tracker.object_ids == [] and tracker.frame_index == -1 and must3r.frame_count == 0
     res = tracker.track(frames[0][:40])  # a new stream may have another size
     assert res.image_size == (40, 96) and res.frame_index == 0
     tracker.reset()
@@ -191,8 +193,9 @@ def test_reset_remove_caps_and_bounded_state(models):
     tracker.track(portrait[0])
     tracker.add_prompt(1, box=[5, 30, 40, 70])
     for f in portrait[1:]:
-        assert tracker.track(f).objects[1].mask.shape == (96, 54)
-    assert tracker.last_must3r.true_shape == (64, 48)  # MUSt3R's portrait crop
+        res = tracker.track(f)
+        assert res.objects[1].mask.shape == (96, 54)
+    assert res.scene.true_shape == (64, 48)  # MUSt3R's portrait crop, the frame's scene output
 
 
 def test_bfloat16_autocast_untrained_equivalence_and_must3r_in_float32(scene, models):
@@ -205,4 +208,4 @@ def test_bfloat16_autocast_untrained_equivalence_and_must3r_in_float32(scene, mo
     for g, r in zip(got, ref):
         for k in r:
             assert np.array_equal(g[k][0], r[k][0])
-    assert tracker.last_must3r.c2w.dtype == torch.float32
+    assert tracker.track(rgb[0]).scene.c2w.dtype == torch.float32

@@ -47,7 +47,7 @@ def test_factory_loads_a_checkpoint_and_tracks_differently(tmp_path):
     path = ckpt.save_checkpoint(tmp_path / "3am.pt", merger, sam2)
     base = build_threeam(TINY)
     tuned = build_threeam(TrackerConfig(tiny=True, seed=0, threeam_checkpoint=str(path)))
-    assert torch.equal(tuned.merger.out_block[-1].weight, merger.out_block[-1].weight)
+    assert torch.equal(tuned.features.merger.out_block[-1].weight, merger.out_block[-1].weight)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (4, 48, 64, 3), dtype=np.uint8)
     outs = []

@@ -50,10 +50,12 @@ class TrackerConfig:
     max_objects: int = 16  # tracked at once; a new id beyond it is refused
     max_conditioning_frames: int = 8  # per object, prompted frames kept in memory
     must3r_max_keyframes: int = 32  # MUSt3R memory cap (images)
+    batch_objects: bool = True  # objects with one memory layout in one batch (False: the official per-object step)
     tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)
     seed: int = 0  # seed of random weights
-    reid: str = "off"  # geometric re-id (threeam_model.reid): "off", "rgbd" (depth + pose handed to
-    # tracker.geometry.set_next before each track) or "must3r" (RGB only; the 3AM tracker's own MUSt3R is reused)
+    reid: str = "off"  # geometric re-id (threeam_model.reid): "off", "rgbd" (the caller, e.g. the ROS node, passes
+    # each frame's depth, K and pose: track(frame, geometry=CameraGeometry(...))) or "must3r" (RGB only; with
+    # method 3am the tracker's own MUSt3R output, FrameResult.scene, is reused)
     reid_depth_scale: float = 1.0  # rgbd: metres per depth unit (0.001 for uint16 millimetre depth images)
     reid_reject_out_of_view: bool = False  # also reject look-alike jumps while the object's place is out of view
 
@@ -186,10 +188,11 @@ def merger_config_for(sam2_model, must3r_model):
 
 
 def build_threeam(cfg: TrackerConfig):
-    """SAM 2 + MUSt3R + Feature Merger (+ the 3AM checkpoint's fine-tuned heads) -> ThreeAMTracker."""
+    """SAM 2 + MUSt3R + Feature Merger (+ the 3AM checkpoint's fine-tuned heads): the streaming engine with the
+    merged-feature provider."""
     from threeam_model import threeam_checkpoint
     from threeam_model.merger import FeatureMerger
-    from threeam_model.tracker import ThreeAMTracker
+    from threeam_model.streaming import MergedFeatures, StreamingSAM2
 
     device = cfg.torch_device
     payload = None
@@ -209,7 +212,7 @@ def build_threeam(cfg: TrackerConfig):
     if payload is not None:
         threeam_checkpoint.load_into(payload, merger, sam2, source=str(cfg.threeam_checkpoint))
     stream = must3r_stream(must3r, cfg, feat_layers=(0, *merger_cfg.merge_layers))
-    return ThreeAMTracker(sam2, stream, merger.to(device), **_stream_options(cfg))
+    return StreamingSAM2(sam2, features=MergedFeatures(stream, merger.to(device)), **_stream_options(cfg))
 
 
 def must3r_stream(must3r_model, cfg: TrackerConfig, **kwargs):
@@ -229,7 +232,7 @@ def must3r_stream(must3r_model, cfg: TrackerConfig, **kwargs):
 def build_tracker(cfg: TrackerConfig) -> Tracker:
     """Build the tracker a config describes (see TrackerConfig)."""
     if cfg.method == "sam2":
-        from threeam_model.sam2_stream import StreamingSAM2
+        from threeam_model.streaming import StreamingSAM2
 
         tracker = StreamingSAM2(build_sam2_model(cfg), **_stream_options(cfg))
     else:
@@ -243,8 +246,8 @@ def with_reid(tracker: Tracker, cfg: TrackerConfig) -> Tracker:
 
     if cfg.reid == "rgbd":
         geometry = RGBDGeometry(depth_scale=cfg.reid_depth_scale)
-    elif hasattr(tracker, "last_must3r"):  # the 3AM tracker already runs MUSt3R on every frame
-        geometry = Must3rGeometry.shared(tracker)
+    elif cfg.method == "3am":  # the 3AM tracker runs MUSt3R on every frame: read it from its FrameResult.scene
+        geometry = Must3rGeometry.from_tracker_scene()
     else:
         geometry = Must3rGeometry(must3r_stream(build_must3r_model(cfg), cfg))
     return GeometricReID(tracker, geometry, ReIDConfig(reject_out_of_view=cfg.reid_reject_out_of_view))
@@ -256,6 +259,7 @@ def _stream_options(cfg: TrackerConfig) -> dict:
         max_objects=cfg.max_objects,
         max_cond_frames=cfg.max_conditioning_frames,
         dtype=DTYPES[cfg.dtype],
+        batch_objects=cfg.batch_objects,
     )
 
 

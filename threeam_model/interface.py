@@ -25,47 +25,153 @@ class PromptError(TrackerInputError):
     """A prompt or object request that cannot be applied: unknown id, point outside the image, bad mask..."""
 
 
-@dataclasses.dataclass
-class ObjectResult:
-    """One object on one frame, at the frame's own resolution."""
+@dataclasses.dataclass(frozen=True)
+class CameraGeometry:
+    """What a robot knows about where a frame was taken: depth, intrinsics, camera pose (all optional per frame).
 
-    obj_id: int
-    mask: np.ndarray  # (H, W) bool
-    mask_logits: np.ndarray  # (H, W) float32, the model's logits upsampled to the frame (mask = logits > 0)
-    score: float  # object presence probability in [0, 1]
-    visible: bool  # mask is non-empty
-    box: tuple[int, int, int, int] | None  # (x_min, y_min, x_max, y_max), inclusive pixel bounds; None if not visible
-    reacquired: bool = False  # set when geometric re-identification re-prompted this object on this frame
+    depth: (H, W) float32 metres (or uint16 / other units scaled by the consumer's depth scale); K: (3, 3) pinhole
+    intrinsics in pixels; c2w: (4, 4) camera-to-world pose (OpenCV optical frame: x right, y down, z forward).
+    Passed to `Tracker.track(frame, geometry=...)`; trackers that do not use it ignore it.
+    """
+
+    depth: np.ndarray
+    K: np.ndarray
+    c2w: np.ndarray
+
+
+class ObjectResult:
+    """One object on one frame, at the frame's own resolution.
+
+    The mask is held as its bounding window (the rest of the frame is background), and the full-resolution logits
+    are made only when `mask_logits` is read: a frame with many objects holds masks, boxes and scores, not
+    full-size float maps. `mask` and `mask_logits` are (H, W) arrays built on access.
+    """
+
+    __slots__ = ("obj_id", "score", "box", "reacquired", "image_size", "_window", "_logits", "_logits_fn")
+
+    def __init__(
+        self,
+        obj_id: int,
+        score: float,
+        box: tuple[int, int, int, int] | None,
+        image_size: tuple[int, int],
+        window: np.ndarray | None,
+        logits=None,
+        reacquired: bool = False,
+    ):
+        """box: (x_min, y_min, x_max, y_max) inclusive pixel bounds, None if not visible; window: the bool mask
+        inside the box (None if not visible); logits: an (H, W) float32 array, or a callable that makes it."""
+        self.obj_id = int(obj_id)
+        self.score = float(score)  # object presence probability in [0, 1]
+        self.box = box
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.reacquired = bool(reacquired)  # geometric re-identification re-prompted this object on this frame
+        self._window = window
+        self._logits = None if callable(logits) else logits
+        self._logits_fn = logits if callable(logits) else None
 
     @classmethod
     def from_logits(cls, obj_id: int, logits: np.ndarray, score: float, reacquired: bool = False) -> ObjectResult:
         logits = np.asarray(logits, dtype=np.float32)
         mask = logits > 0
-        return cls(obj_id, mask, logits, float(score), bool(mask.any()), mask_box(mask), reacquired)
+        box = mask_box(mask)
+        window = None if box is None else mask[box[1] : box[3] + 1, box[0] : box[2] + 1]
+        return cls(obj_id, score, box, logits.shape, window, logits, reacquired)
+
+    @property
+    def visible(self) -> bool:
+        """The mask is non-empty."""
+        return self.box is not None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool."""
+        mask = np.zeros(self.image_size, dtype=bool)
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            mask[y0 : y1 + 1, x0 : x1 + 1] = self._window
+        return mask
+
+    @property
+    def mask_logits(self) -> np.ndarray:
+        """(H, W) float32: the model's logits upsampled to the frame (mask = logits > 0); made on first access."""
+        if self._logits is None:
+            self._logits = np.asarray(self._logits_fn(), dtype=np.float32)
+            self._logits_fn = None
+        return self._logits
+
+    @property
+    def area(self) -> int:
+        """Mask pixels."""
+        return 0 if self._window is None else int(self._window.sum())
+
+    def with_reacquired(self) -> ObjectResult:
+        """The same result marked as re-acquired by re-identification."""
+        logits = self._logits if self._logits is not None else self._logits_fn
+        return ObjectResult(self.obj_id, self.score, self.box, self.image_size, self._window, logits, True)
+
+    def nbytes(self) -> int:
+        """Bytes this result holds in arrays (the window, and the full logits once they were asked for)."""
+        return sum(a.nbytes for a in (self._window, self._logits) if a is not None)
+
+    def __repr__(self) -> str:
+        return f"ObjectResult(obj_id={self.obj_id}, score={self.score:.3f}, box={self.box})"
 
 
 @dataclasses.dataclass
 class FrameResult:
-    """Everything a tracker says about one frame."""
+    """Everything a tracker says about one frame.
+
+    labels: the label image the tracker composed where it ran (None: composed here from the objects on request);
+    it is used only while `objects` still holds the results it was composed from.
+    scene: the feature provider's per-frame scene output when it has one (for 3AM: MUSt3R's `Must3rFrame` with
+    the pointmap, confidence and crop box), else None.
+    """
 
     frame_index: int
     image_size: tuple[int, int]  # (H, W)
     objects: dict[int, ObjectResult]
     timings: dict[str, float] = dataclasses.field(default_factory=dict)  # stage name -> seconds
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    scene: object | None = dataclasses.field(default=None, repr=False)
+    _labels_of: tuple = dataclasses.field(default=(), repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.labels is not None:
+            self._labels_of = self._key()
+
+    def _key(self) -> tuple:
+        return tuple((k, id(v)) for k, v in sorted(self.objects.items()))
 
     def label_image(self, dtype=np.uint16) -> np.ndarray:
         """(H, W) image with each pixel set to the id of the object covering it (0 = background).
 
-        Where masks overlap, the object with the higher logit at that pixel wins.
+        Where masks overlap, the object with the higher logit at that pixel wins (the lower id on a tie).
         """
+        if self.labels is not None and self._labels_of == self._key():
+            return self.labels.astype(dtype, copy=False)
         h, w = self.image_size
+        labels = np.zeros((h, w), dtype=dtype)
         if not self.objects:
-            return np.zeros((h, w), dtype=dtype)
-        ids = np.array(sorted(self.objects), dtype=dtype)
-        masks = np.stack([self.objects[int(i)].mask for i in ids])
-        logits = np.where(masks, np.stack([self.objects[int(i)].mask_logits for i in ids]), -np.inf)
-        # argmax keeps the first (lowest) id on ties
-        return np.where(masks.any(0), ids[logits.argmax(0)], 0).astype(dtype)
+            return labels
+        best = np.full((h, w), -np.inf, dtype=np.float32)
+        for obj_id in sorted(self.objects):
+            obj = self.objects[obj_id]
+            if obj.box is None:
+                continue
+            x0, y0, x1, y1 = obj.box
+            win = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+            values = obj.mask_logits[win]
+            # strictly greater: on a tie the lower id (visited first) keeps the pixel, as argmax would
+            wins = obj._window & (values > best[win])
+            best[win][wins] = values[wins]
+            labels[win][wins] = obj_id
+        return labels
+
+    def nbytes(self) -> int:
+        """Bytes held in this result's arrays (label image and object results)."""
+        total = 0 if self.labels is None else self.labels.nbytes
+        return total + sum(obj.nbytes() for obj in self.objects.values())
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -79,8 +185,11 @@ class Tracker(abc.ABC):
     """Frame-by-frame, many-object tracker. Prompts apply to the current (last tracked) frame."""
 
     @abc.abstractmethod
-    def track(self, frame: np.ndarray) -> FrameResult:
-        """Track every object on a new (H, W, 3) uint8 RGB frame."""
+    def track(self, frame: np.ndarray, geometry: CameraGeometry | None = None) -> FrameResult:
+        """Track every object on a new (H, W, 3) uint8 RGB frame.
+
+        geometry: the frame's depth, intrinsics and pose when the robot has them (used by re-identification from
+        RGB-D; ignored by trackers that need none)."""
 
     @abc.abstractmethod
     def add_prompt(
@@ -225,6 +334,7 @@ def _finite_array(values, name: str) -> np.ndarray:
 
 
 __all__ = [
+    "CameraGeometry",
     "FrameError",
     "FrameResult",
     "ObjectResult",

@@ -115,6 +115,12 @@ PARAMS: tuple[Param, ...] = (
         min_value=1,
     ),
     Param(
+        "tracker.batch_objects",
+        True,
+        "Track objects whose memories have the same layout in one batch (faster with many objects; equal to the "
+        "per-object official step to float32 rounding). false: one object at a time, bit for bit the official step.",
+    ),
+    Param(
         "tracker.max_conditioning_frames",
         8,
         "Per object, the most prompted frames kept in memory (the oldest leaves first).",

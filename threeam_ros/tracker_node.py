@@ -32,6 +32,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from threeam_interfaces.msg import TrackedObject, TrackedObjectArray
 from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject, Reset
 from threeam_model.interface import (
+    CameraGeometry,
     FrameError,
     FrameResult,
     ObjectResult,
@@ -40,6 +41,7 @@ from threeam_model.interface import (
     TrackerInputError,
     check_obj_id,
 )
+from threeam_model.reid.geometry import GeometryInputError, check_camera
 from threeam_ros import conversions
 from threeam_ros.conversions import ConversionError
 from threeam_ros.frame_slot import LatestFrameSlot
@@ -85,6 +87,7 @@ def build_tracker(cfg: dict) -> tuple[Tracker, str]:
             dtype=cfg["model.dtype"],
             max_objects=cfg["tracker.max_objects"],
             max_conditioning_frames=cfg["tracker.max_conditioning_frames"],
+            batch_objects=cfg["tracker.batch_objects"],
             must3r_max_keyframes=cfg["tracker.must3r_max_keyframes"],
             tiny=tiny,
             seed=cfg["model.seed"],
@@ -241,29 +244,28 @@ class TrackerNode(Node):
 
         return lookup
 
-    def _frame_geometry(self, header):
-        """This frame's (depth, K, pose), waiting up to reid.sync_wait for them; None (counted, logged) if none."""
+    def _frame_geometry(self, header) -> CameraGeometry | None:
+        """This frame's depth, K and pose, waiting up to reid.sync_wait for them, checked as the re-identification
+        mode will check them; None (counted, logged) if there are none or they are unusable, so a bad depth or pose
+        costs only this frame's geometry, never the frame."""
         try:
-            geometry, why = self._geometry_sync.geometry_for(header.stamp, self.cfg["reid.sync_wait"])
+            found, why = self._geometry_sync.geometry_for(header.stamp, self.cfg["reid.sync_wait"])
         except ConversionError as exc:
-            geometry, why = None, f"depth refused: {exc}"
+            found, why = None, f"depth refused: {exc}"
             self._stats.count("geometry_rejected")
+        geometry = None
+        if found is not None:
+            try:
+                geometry = check_camera(CameraGeometry(*found))
+            except GeometryInputError as exc:
+                why = f"depth/pose refused: {exc}"
+                self._stats.count("geometry_rejected")
         if geometry is None:
             self._stats.count("frames_without_geometry")
             self._warn_throttled("geometry", f"frame {_stamp_str(header.stamp)} tracked without geometry: {why}")
+        else:
+            self._stats.count("frames_with_geometry")
         return geometry
-
-    def _hand_over_geometry(self, header, geometry) -> None:
-        """Give the re-identification mode this frame's depth, K and pose (caller holds _tracker_lock)."""
-        if geometry is None:
-            return
-        try:
-            self._tracker.geometry.set_next(*geometry)
-        except TrackerInputError as exc:
-            geometry = None
-            self._stats.count("geometry_rejected")
-            self._warn_throttled("geometry", f"frame {_stamp_str(header.stamp)}: depth/pose refused: {exc}")
-        self._stats.count("frames_without_geometry" if geometry is None else "frames_with_geometry")
 
     def _on_image(self, msg) -> None:
         self._stats.count("frames_received")
@@ -307,13 +309,9 @@ class TrackerNode(Node):
                     f"(WxH): all objects and memory were reset; prompt the objects again"
                 )
                 self._reset_locked()
-            if self._geometry_sync is not None:
-                self._hand_over_geometry(msg.header, geometry)
             try:
-                result = self._tracker.track(rgb)
+                result = self._tracker.track(rgb, geometry=geometry)
             except FrameError as exc:
-                if self._geometry_sync is not None:
-                    self._tracker.geometry.reset()  # no stale depth for the next frame
                 self._reject(f"frame rejected by the tracker: {exc}")
                 return
             self._stream_size = size

@@ -7,6 +7,7 @@ from threeam_model.reid.geometry import (
     GeometrySource,
     Must3rGeometry,
     RGBDGeometry,
+    check_camera,
     pointmap_geometry,
 )
 from threeam_model.reid.reid import AnchorView, GeometricReID, ReIDConfig, ReIDEvent
@@ -22,5 +23,6 @@ __all__ = [
     "RGBDGeometry",
     "ReIDConfig",
     "ReIDEvent",
+    "check_camera",
     "pointmap_geometry",
 ]

@@ -4,7 +4,8 @@ A `GeometrySource` turns each frame into a `FrameGeometry`, sampled on a coarse 
 the frame, so its cost does not grow with the camera's resolution): a world point and a depth per grid pixel, plus a
 3x4 projection that maps world points into the same grid. Two sources:
 
-- `RGBDGeometry`: a robot's depth image, intrinsics and camera-to-world pose (e.g. from TF). Exact when they are.
+- `RGBDGeometry`: a robot's depth image, intrinsics and camera-to-world pose (e.g. from TF), given with each frame
+  as `track(frame, geometry=CameraGeometry(depth, K, c2w))`. Exact when they are.
 - `Must3rGeometry`: RGB only. MUSt3R's streaming pointmap (world points + confidence) mapped back onto the frame
   through its crop box; the projection is fitted to the pointmap (DLT), so no pose or intrinsics are needed.
 
@@ -18,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from threeam_model.interface import TrackerInputError
+from threeam_model.interface import CameraGeometry, FrameResult, TrackerInputError
 
 
 class GeometryInputError(TrackerInputError):
@@ -65,9 +66,19 @@ def downsample_mask(mask: np.ndarray, stride: int) -> np.ndarray:
 class GeometrySource(abc.ABC):
     """Gives the geometry of each tracked frame. Called once per frame, in order, by the re-identification mode."""
 
+    def check(self, camera: CameraGeometry | None) -> CameraGeometry | None:
+        """Validate the frame's camera geometry before the base tracker sees the frame (raise GeometryInputError on
+        what this source cannot use); returns what to pass on. Sources that read no camera geometry accept any."""
+        return camera
+
     @abc.abstractmethod
-    def geometry(self, frame: np.ndarray, stride: int) -> FrameGeometry | None:
-        """Geometry of `frame` on a grid of every `stride`-th pixel, or None when this frame has none."""
+    def geometry(
+        self, frame: np.ndarray, stride: int, camera: CameraGeometry | None, base: FrameResult
+    ) -> FrameGeometry | None:
+        """Geometry of `frame` on a grid of every `stride`-th pixel, or None when this frame has none.
+
+        camera: the depth, intrinsics and pose given with the frame to `track` (None when there were none);
+        base: the base tracker's result for the frame (its `scene` holds the 3AM tracker's MUSt3R output)."""
 
     @abc.abstractmethod
     def reset(self) -> None:
@@ -77,12 +88,43 @@ class GeometrySource(abc.ABC):
 # ------------------------------------------------------------------------------------------------ RGB-D + pose
 
 
-class RGBDGeometry(GeometrySource):
-    """Depth image + intrinsics + camera-to-world pose, handed over before each `track(frame)` with `set_next`.
+def check_camera(camera: CameraGeometry) -> CameraGeometry:
+    """Validate a frame's depth, intrinsics and camera-to-world pose; raises GeometryInputError on anything unusable.
 
-    A frame without a `set_next` before it has no geometry (the re-identification mode then passes the base
-    tracker's result through), so dropped depth messages degrade gracefully instead of pairing stale depth with a
-    new frame.
+    depth: (H, W) (or (H, W, 1)) in depth units, 0 / NaN = unknown; K: (3, 3) intrinsics of the depth image;
+    c2w: (4, 4) camera-to-world pose (OpenCV camera axes: x right, y down, z forward). The depth image may have
+    another resolution than the colour frame (it is assumed registered to it and to cover the same field of view).
+    Returns the same geometry with depth as an (H, W) array and K, c2w as float64 (no copy of the depth data).
+    """
+    if not isinstance(camera, CameraGeometry):
+        raise GeometryInputError(f"geometry must be a CameraGeometry(depth, K, c2w), got {type(camera).__name__}")
+    depth = np.asarray(camera.depth)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2 or depth.size == 0:
+        raise GeometryInputError(f"depth must be an (H, W) image, got shape {tuple(depth.shape)}")
+    if depth.dtype.kind not in "fiu":
+        raise GeometryInputError(f"depth must be numeric (float metres or integer units), got {depth.dtype}")
+    K = np.asarray(camera.K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise GeometryInputError(f"K must be a finite (3, 3) pinhole matrix with fx, fy > 0, got {K.tolist()}")
+    c2w = np.asarray(camera.c2w, dtype=np.float64)
+    if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
+        raise GeometryInputError(f"c2w must be a finite (4, 4) camera-to-world matrix, got shape {c2w.shape}")
+    rot = c2w[:3, :3]
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-3) or np.linalg.det(rot) < 0:
+        raise GeometryInputError("c2w[:3, :3] must be a rotation (orthonormal, det +1); check the pose's units")
+    if depth is camera.depth and K is camera.K and c2w is camera.c2w:
+        return camera
+    return CameraGeometry(depth, K, c2w)
+
+
+class RGBDGeometry(GeometrySource):
+    """Depth image + intrinsics + camera-to-world pose: the `CameraGeometry` given with each frame,
+    `track(frame, geometry=CameraGeometry(depth, K, c2w))` (see `check_camera` for what each must be).
+
+    Stateless: a frame given without geometry has none (the re-identification mode then passes the base tracker's
+    result through), so dropped depth messages degrade gracefully instead of pairing stale depth with a new frame.
     """
 
     def __init__(self, depth_scale: float = 1.0, min_depth: float = 0.05, max_depth: float = float("inf")):
@@ -94,41 +136,20 @@ class RGBDGeometry(GeometrySource):
         self.depth_scale = float(depth_scale)
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
-        self._next: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def set_next(self, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> None:
-        """Depth (h, w) in depth units (0 / NaN = unknown), its (3, 3) intrinsics and the (4, 4) camera-to-world pose
-        (OpenCV camera axes: x right, y down, z forward) for the next frame given to `track`.
-
-        The depth image may have another resolution than the colour frame (it is assumed registered to it and to
-        cover the same field of view); K is the depth image's intrinsics.
-        """
-        depth = np.asarray(depth)
-        if depth.ndim == 3 and depth.shape[2] == 1:
-            depth = depth[..., 0]
-        if depth.ndim != 2 or depth.size == 0:
-            raise GeometryInputError(f"depth must be an (H, W) image, got shape {tuple(depth.shape)}")
-        if depth.dtype.kind not in "fiu":
-            raise GeometryInputError(f"depth must be numeric (float metres or integer units), got {depth.dtype}")
-        K = np.asarray(K, dtype=np.float64)
-        if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise GeometryInputError(f"K must be a finite (3, 3) pinhole matrix with fx, fy > 0, got {K.tolist()}")
-        c2w = np.asarray(c2w, dtype=np.float64)
-        if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
-            raise GeometryInputError(f"c2w must be a finite (4, 4) camera-to-world matrix, got shape {c2w.shape}")
-        rot = c2w[:3, :3]
-        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-3) or np.linalg.det(rot) < 0:
-            raise GeometryInputError("c2w[:3, :3] must be a rotation (orthonormal, det +1); check the pose's units")
-        self._next = (depth, K, c2w)
+    def check(self, camera: CameraGeometry | None) -> CameraGeometry | None:
+        return None if camera is None else check_camera(camera)
 
     def reset(self) -> None:
-        self._next = None
+        pass  # nothing is carried over between frames
 
-    def geometry(self, frame: np.ndarray, stride: int) -> FrameGeometry | None:
-        if self._next is None:
+    def geometry(
+        self, frame: np.ndarray, stride: int, camera: CameraGeometry | None = None, base: FrameResult | None = None
+    ) -> FrameGeometry | None:
+        if camera is None:
             return None
-        depth_raw, K, c2w = self._next
-        self._next = None
+        camera = check_camera(camera)
+        depth_raw, K, c2w = camera.depth, camera.K, camera.c2w
         h_img, w_img = frame.shape[:2]
         h_dep, w_dep = depth_raw.shape
         # grid pixel -> frame pixel -> depth pixel (nearest), and K scaled into frame pixels
@@ -163,34 +184,41 @@ class RGBDGeometry(GeometrySource):
 class Must3rGeometry(GeometrySource):
     """RGB only: world points from streaming MUSt3R (a `Must3rFrame`: pts3d, conf, crop_box).
 
-    `Must3rGeometry(stream)` runs `stream.step(frame)` itself (over plain SAM 2). `Must3rGeometry.shared(tracker)`
-    reads the MUSt3R output the 3AM tracker already computed for the frame (`tracker.last_must3r`), so MUSt3R still
-    runs once per frame.
+    `Must3rGeometry(stream)` runs `stream.step(frame)` itself (over plain SAM 2).
+    `Must3rGeometry.from_tracker_scene()` (stream None) reads the MUSt3R frame the 3AM tracker already computed
+    for the frame, `FrameResult.scene` of the base tracker's result, so MUSt3R still runs once per frame.
     """
 
-    def __init__(self, stream, conf_min: float = 3.0, fit_points: int = 600):
-        """stream: e.g. threeam_model.must3r.Must3rStream; conf_min: MUSt3R confidence (>= 1) below which a point
-        is ignored; fit_points: confident points used to fit the frame's projection."""
+    def __init__(self, stream=None, conf_min: float = 3.0, fit_points: int = 600):
+        """stream: e.g. threeam_model.must3r.Must3rStream, or None to read the base tracker's `FrameResult.scene`;
+        conf_min: MUSt3R confidence (>= 1) below which a point is ignored; fit_points: confident points used to
+        fit the frame's projection."""
         self.stream = stream
         self.conf_min = float(conf_min)
         self.fit_points = int(fit_points)
-        self._shared_from = None
 
     @classmethod
-    def shared(cls, tracker, conf_min: float = 3.0, fit_points: int = 600) -> Must3rGeometry:
-        """Geometry from `tracker.last_must3r`, the MUSt3R frame of the tracker's current frame (3AM tracker)."""
-        if not hasattr(tracker, "last_must3r"):
-            raise GeometryInputError(f"{type(tracker).__name__} runs no MUSt3R (no last_must3r); pass a stream")
-        source = cls(None, conf_min, fit_points)
-        source._shared_from = tracker
-        return source
+    def from_tracker_scene(cls, conf_min: float = 3.0, fit_points: int = 600) -> Must3rGeometry:
+        """Geometry from the base tracker's per-frame scene output (`FrameResult.scene`, the 3AM tracker's
+        `Must3rFrame`), without a MUSt3R stream of its own."""
+        return cls(None, conf_min, fit_points)
 
     def reset(self) -> None:
-        if self._shared_from is None and hasattr(self.stream, "reset"):
-            self.stream.reset()  # a shared stream is reset by the tracker that owns it
+        if self.stream is not None and hasattr(self.stream, "reset"):
+            self.stream.reset()  # without a stream, the base tracker resets its own MUSt3R
 
-    def geometry(self, frame: np.ndarray, stride: int) -> FrameGeometry | None:
-        out = self.stream.step(frame) if self._shared_from is None else self._shared_from.last_must3r
+    def geometry(
+        self, frame: np.ndarray, stride: int, camera: CameraGeometry | None = None, base: FrameResult | None = None
+    ) -> FrameGeometry | None:
+        if self.stream is not None:
+            out = self.stream.step(frame)
+        else:
+            out = None if base is None else base.scene
+            if out is None:
+                raise GeometryInputError(
+                    "the base tracker returns no scene output (FrameResult.scene is None); use method 3am or give "
+                    "Must3rGeometry a stream"
+                )
         if out is None:
             return None
         return pointmap_geometry(

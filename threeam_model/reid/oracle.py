@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from threeam_model.interface import (
+    CameraGeometry,
     FrameResult,
     ObjectResult,
     PromptError,
@@ -61,7 +62,7 @@ class LossyOracleTracker(Tracker):
     def switch(self, obj_id: int, gt_id: int) -> None:
         self._forced[obj_id] = gt_id
 
-    def track(self, frame: np.ndarray) -> FrameResult:
+    def track(self, frame: np.ndarray, geometry: CameraGeometry | None = None) -> FrameResult:
         frame = check_frame(frame, None if self._inst is None else self._inst.shape)
         self._index += 1
         self._inst = np.asarray(self.instance_of_frame(self._index))

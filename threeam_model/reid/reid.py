@@ -27,7 +27,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from threeam_model.interface import FrameResult, ObjectResult, Tracker, check_frame
+from threeam_model.interface import CameraGeometry, FrameResult, ObjectResult, Tracker, check_frame
 from threeam_model.reid.anchor import ObjectAnchor
 from threeam_model.reid.geometry import FrameGeometry, GeometrySource, downsample_mask, grid_stride
 
@@ -208,8 +208,9 @@ class _ObjectState:
 class GeometricReID(Tracker):
     """A base `Tracker` plus geometric re-identification. Same interface; see the module docstring.
 
-    With an `RGBDGeometry` source, hand each frame's depth, K and pose to `geometry.set_next(...)` before
-    `track(frame)`; a frame without geometry passes the base result through unchanged.
+    With an `RGBDGeometry` source, give each frame its depth, K and pose: `track(frame, geometry=CameraGeometry(
+    depth, K, c2w))`; a frame without geometry passes the base result through unchanged. A `Must3rGeometry` source
+    needs none (it runs its own MUSt3R stream, or reads the base tracker's `FrameResult.scene`).
     """
 
     def __init__(self, base: Tracker, geometry: GeometrySource, config: ReIDConfig | None = None):
@@ -257,13 +258,18 @@ class GeometricReID(Tracker):
             state.view = locate(state.anchor, self._geo, self.config) if len(state.anchor) else None
         return result
 
-    def track(self, frame: np.ndarray) -> FrameResult:
+    def track(self, frame: np.ndarray, geometry: CameraGeometry | None = None) -> FrameResult:
+        """Track a frame with the base tracker, then re-identify. geometry: the frame's depth, K and pose (for an
+        `RGBDGeometry` source); unusable geometry raises GeometryInputError before the base tracker sees the frame."""
         frame = check_frame(frame)
-        result = self.base.track(frame)
+        geometry = self.geometry.check(geometry)
+        result = self.base.track(frame, geometry=geometry)
         t0 = time.perf_counter()
         size = tuple(frame.shape[:2])
         self._image_size = size
-        self._geo = geo = self.geometry.geometry(frame, grid_stride(size, self.config.work_long_side))
+        self._geo = None  # no geometry of an earlier frame for prompts on this one, should the source fail
+        stride = grid_stride(size, self.config.work_long_side)
+        self._geo = geo = self.geometry.geometry(frame, stride, geometry, result)
         self._prompt_s = 0.0
         if geo is not None:
             for obj_id, obj in list(result.objects.items()):
@@ -434,7 +440,7 @@ class GeometricReID(Tracker):
             if self._near_frac(state, mask_g) >= cfg.update_min_near_frac:
                 self._learn(state, mask_g)
         self._prompt_s += time.perf_counter() - t0
-        return dataclasses.replace(result, reacquired=True)
+        return result.with_reacquired()
 
 
 __all__ = [

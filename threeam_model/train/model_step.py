@@ -2,7 +2,7 @@
 
 The frozen parts run without autograd: SAM 2's image encoder (all frames at once) and MUSt3R (done by the caller,
 see must3r_features.py). Per frame, the Feature Merger turns SAM 2's stride-16 feature and the frame's MUSt3R
-outputs into F_merged (`threeam_model.tracker.merge_features`, the same function the tracker uses), which replaces
+outputs into F_merged (`threeam_model.streaming.merge_features`, the same function the tracker uses), which replaces
 the stride-16 feature for memory attention, the mask decoder's input and the memory encoder, exactly as at
 inference. Then SAM 2's own tracking step runs on every frame with the prompting schedule of prompting.py, all
 objects of the clip as one batch, gradients flowing through memory across frames (as SAM2Train does).
@@ -19,7 +19,7 @@ from sam2.modeling.sam2_utils import get_next_point, sample_box_points
 from sam2.utils.misc import concat_points
 from torch import nn
 
-from threeam_model.tracker import merge_features
+from threeam_model.streaming.features import merge_features
 from threeam_model.train.prompting import PromptPlan, PromptSchedule
 
 IMG_MEAN = (0.485, 0.456, 0.406)
@@ -163,7 +163,7 @@ def freeze_for_3am(train_model: ThreeAMTrainModel, lrs: dict | None = None) -> l
     Uses the tracker's `trainable_parameter_groups` when there is a merger; without one (plain SAM 2 fine-tuning)
     only memory attention and mask decoder train, with the same learning rates.
     """
-    from threeam_model.tracker import PAPER_LEARNING_RATES, trainable_parameter_groups
+    from threeam_model.train.trainable import PAPER_LEARNING_RATES, trainable_parameter_groups
 
     if train_model.merger is not None:
         return trainable_parameter_groups(train_model.sam2, train_model.merger, lrs=lrs)

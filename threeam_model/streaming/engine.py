@@ -1,41 +1,40 @@
 """Streaming SAM 2: frames in one at a time, objects added, refined and removed at any time, bounded memory.
 
-`StreamingSAM2` is a thin stateful layer over a stateless SAM 2 model (`SAM2Base`, e.g. from
-`threeam_model.sam2_build.build_sam2`). Per object it runs the official per-object tracking step
-(`SAM2Base.track_step`: memory attention -> SAM heads -> memory encoder) exactly as the official
-`SAM2VideoPredictor` does, on the official kind of memory bank (`{"cond_frame_outputs", "non_cond_frame_outputs"}`),
-so its outputs equal the official ones frame for frame. What differs is only what is kept:
+`StreamingSAM2` is a stateful layer over a stateless SAM 2 model (`SAM2Base`, e.g. from
+`threeam_model.sam2_build.build_sam2`), with two parts composed in:
+- a `FeatureProvider` (features.py) for the stride-16 feature memory works on: SAM 2's own (`SamFeatures`), or
+  3AM's merged SAM 2 + MUSt3R feature (`MergedFeatures`);
+- a `MemoryPolicy` (memory.py) deciding per object what enters memory, what leaves and what memory attention reads;
+  the default, `Sam2Window`, is the official rule.
 
-- no frame images, and image features only for the current frame (prompts reuse them);
-- per object, its conditioning frames (at most `max_cond_frames`, the oldest leave first) and its output on the
-  current frame plus the 15 frames before it, which is all a prompt on the current frame or the next frame can
-  read: the memory reads the last `num_maskmem - 1` = 6 frames (their memory features), the object pointers reach
-  back `max_obj_ptrs_in_encoder - 1` = 15 (only the pointer is kept beyond 6); low-res mask logits only for the
-  current frame (refinement clicks read them).
+Per frame the image encoder and the feature provider run once for all objects. Then every object is tracked:
+- `batch_objects=True` (default): objects whose memories have the same token layout go through memory attention,
+  the SAM heads and the memory encoder in one batch (batched.py); equal to the official step within float32
+  rounding (checked to 1e-5, with identical masks);
+- `batch_objects=False`: the official per-object `SAM2Base.track_step`, one object at a time, exactly as the
+  official `SAM2VideoPredictor` runs it (bit for bit; the parity reference).
+Results are composed from all objects' low-res logits in one pass where the model runs (results.py).
 
-So the state is flat over an endless stream. When an object has more conditioning frames than the cap, the result
-equals the official predictor run with `max_cond_frames_in_attn = max_cond_frames` (it attends to the closest ones,
-which in a stream are the latest); an evicted one stays readable as a recent frame, as the official code allows.
+What is kept: no frame images, image features only for the current frame (prompts reuse them), and per object
+what its memory policy keeps (default: at most `max_cond_frames` conditioning frames and the outputs of the current
+frame plus the 15 before it, which is all a prompt on the current frame or the next frame can read), so the state
+is flat over an endless stream. Past the conditioning cap, the result equals the official predictor run with
+`max_cond_frames_in_attn = max_cond_frames`.
 
 How the official algorithm maps onto a stream (frame f is the current frame, the last one passed to `track`):
 - `add_prompt` on an object not yet tracked on f (a new object) makes f an initial conditioning frame for it; more
   prompts on f keep refining that conditioning frame. On an object already tracked on f it is a correction
-  (non-conditioning, unless the model's `add_all_frames_to_correct_as_cond`). Point prompts accumulate on f; a box
-  starts the point list afresh (SAM 2 wants the box first); a mask replaces any points.
+  (non-conditioning, unless the model's `add_all_frames_to_correct_as_cond` or `conditioning=True`). Point prompts
+  accumulate on f; a box starts the point list afresh (SAM 2 wants the box first); a mask replaces any points.
 - Like the official predictor, a prompt's memory is encoded only when tracking moves on (on the next `track`), from
   the final prompt output, with masks binarised as the official video predictor configures it.
 - Object pointers are positioned as in an unbounded video (`num_frames` never limits them).
-
-Replaceable step (for the 3AM tracker): the image encoder runs once per frame for all objects. Its stride-16 feature
-is the one that feeds memory attention (and through it the mask decoder) and the memory encoder; it is produced by
-`memory_features(backbone_out, frame)`, identity by default. A subclass overrides that one method to substitute its
-own feature (e.g. SAM 2 features merged with MUSt3R features); the stride-4/8 features go straight to the mask
-decoder unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from threeam_model.interface import (
-    FrameError,
+    CameraGeometry,
     FrameResult,
     ObjectResult,
     PromptError,
@@ -54,94 +53,99 @@ from threeam_model.interface import (
     check_obj_id,
     check_prompt,
 )
+from threeam_model.streaming.batched import memory_tokens, step_objects
+from threeam_model.streaming.features import FeatureProvider, SamFeatures
+from threeam_model.streaming.memory import MemoryPolicy, ObjectMemory, Sam2Window
+from threeam_model.streaming.results import compose_dense, compose_sparse, separable_upsampling_is_exact
 
 # Object pointers are positioned relative to the current frame only; an unbounded stream has no length.
 _UNBOUNDED = sys.maxsize
 # SAM 2's image normalisation (sam2.utils.misc.load_video_frames)
-_IMG_MEAN = (0.485, 0.456, 0.406)
-_IMG_STD = (0.229, 0.224, 0.225)
+IMG_MEAN = (0.485, 0.456, 0.406)
+IMG_STD = (0.229, 0.224, 0.225)
+COMPOSE_MODES = ("auto", "sparse", "dense")
 
 
+@dataclasses.dataclass
+class _PendingPrompt:
+    """The last prompt output of an object on the current frame, stored in memory when tracking moves on."""
+
+    is_cond: bool
+    output: dict
+
+
+@dataclasses.dataclass
 class _ObjectTrack:
-    """Memory bank and current-frame prompt state of one object."""
+    """One object: its memory bank and its prompt state on the current frame."""
 
-    def __init__(self, obj_id: int):
-        self.obj_id = obj_id
-        self.cond: dict[int, dict] = {}  # frame index -> compact output, conditioning frames
-        self.non_cond: dict[int, dict] = {}  # frame index -> compact output, recent tracked frames
-        self.tracked_current = False  # did `track` run this object on the current frame
-        self.points: dict | None = None  # accumulated point inputs on the current frame (model coordinates)
-        self.pending: tuple[bool, dict] | None = None  # (is_cond, output) of the last prompt on the current frame
-        self.evicted = False  # has a conditioning frame left for the cap
-
-    def output_dict(self) -> dict:
-        cond = self.cond
-        if self.evicted:
-            # Past the cap, the official predictor attends to the closest conditioning frames in the order its
-            # `select_closest_cond_frames` lists them: latest first. Same order, same floating-point sums.
-            cond = dict(sorted(cond.items(), reverse=True))
-        return {"cond_frame_outputs": cond, "non_cond_frame_outputs": self.non_cond}
+    obj_id: int
+    memory: ObjectMemory
+    tracked_current: bool = False  # did `track` run this object on the current frame
+    points: dict | None = None  # accumulated point inputs on the current frame (model coordinates)
+    pending: _PendingPrompt | None = None
 
     def current_output(self, frame_idx: int, is_cond: bool) -> dict | None:
         """The latest output on `frame_idx` (official lookup order: temporary first, then stored)."""
-        if self.pending is not None and self.pending[0] == is_cond:
-            return self.pending[1]
-        return self.cond.get(frame_idx) or self.non_cond.get(frame_idx)
+        if self.pending is not None and self.pending.is_cond == is_cond:
+            return self.pending.output
+        return self.memory.cond.get(frame_idx) or self.memory.non_cond.get(frame_idx)
 
 
 class StreamingSAM2(Tracker):
-    """Frame-by-frame, many-object SAM 2 predictor with a bounded per-object memory (see the module docstring).
+    """Frame-by-frame, many-object SAM 2 (or 3AM) predictor with bounded per-object memory (module docstring).
 
-    model: a `SAM2Base` (e.g. `build_sam2(...)`), shared and never modified; it should be in eval mode.
-    max_cond_frames: conditioning frames kept per object (>= 1).
+    model: a `SAM2Base`, shared and never modified; it should be in eval mode.
+    features: the FeatureProvider of the stride-16 feature; None = SAM 2's own (`SamFeatures`).
+    memory_policy: the MemoryPolicy; None = `Sam2Window(model, max_cond_frames)`.
+    batch_objects: track objects with the same memory layout in one batch (False: the official per-object step).
+    pad_objects_to: with batch_objects, run every batch with at least this many objects (static shapes).
+    max_cond_frames: conditioning frames kept per object by the default memory policy (>= 1).
     max_objects: most objects tracked at once; adding more raises PromptError.
     dtype: torch.float32, or torch.bfloat16 to run the model under autocast (CPU or CUDA).
     correction_as_cond: whether a correction on a tracked frame becomes a conditioning frame; None follows the
         model's `add_all_frames_to_correct_as_cond` (False in the official video predictor).
+    compose: how results are made from low-res logits: "sparse" (per-object windows, for CPUs), "dense" (whole-frame
+        tensor operations, for GPUs), "auto" (sparse on a CPU for frame sizes where it equals torch's upsampling bit
+        for bit, else dense).
     """
 
     def __init__(
         self,
         model,
+        features: FeatureProvider | None = None,
+        memory_policy: MemoryPolicy | None = None,
+        batch_objects: bool = True,
+        pad_objects_to: int | None = None,
         max_cond_frames: int = 8,
         max_objects: int = 16,
         dtype: torch.dtype = torch.float32,
         correction_as_cond: bool | None = None,
+        compose: str = "auto",
     ):
-        if max_cond_frames < 1:
-            raise ValueError(f"max_cond_frames must be >= 1, got {max_cond_frames}")
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        if compose not in COMPOSE_MODES:
+            raise ValueError(f"compose must be one of {COMPOSE_MODES}, got {compose!r}")
+        if pad_objects_to is not None and pad_objects_to < 1:
+            raise ValueError(f"pad_objects_to must be >= 1 or None, got {pad_objects_to}")
         self.model = model
-        self.max_cond_frames = max_cond_frames
+        self.device = model.device
+        self.features = SamFeatures() if features is None else features
+        self.features.bind(model)
+        self.memory_policy = Sam2Window(model, max_cond_frames) if memory_policy is None else memory_policy
+        self.batch_objects = bool(batch_objects)
+        self.pad_objects_to = pad_objects_to
         self.max_objects = max_objects
         self.dtype = dtype
-        self.device = model.device
         if correction_as_cond is None:
             correction_as_cond = getattr(model, "add_all_frames_to_correct_as_cond", False)
         self.correction_as_cond = bool(correction_as_cond)
-        # how far back the next frame reads: memory features, and object pointers
-        r = model.memory_temporal_stride_for_eval
-        self._mem_window = max(model.num_maskmem - 2, 0) * r + 1 if model.num_maskmem > 1 else 0
-        self._ptr_window = model.max_obj_ptrs_in_encoder - 1 if model.use_obj_ptrs_in_encoder else 0
-        self._img_mean = torch.tensor(_IMG_MEAN, dtype=torch.float32)[:, None, None]
-        self._img_std = torch.tensor(_IMG_STD, dtype=torch.float32)[:, None, None]
+        self.compose = compose
+        self._img_mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
+        self._img_std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
         self.reset()
-
-    # ------------------------------------------------------------------------------------------------ the hook
-
-    def memory_features(self, backbone_out: dict, frame: np.ndarray) -> torch.Tensor:
-        """The stride-16 feature map (1, C, H/16, W/16) that memory attention and the memory encoder see.
-
-        backbone_out: `SAM2Base.forward_image` output for this frame ("backbone_fpn": stride 4, 8, 16 maps, the
-        first two already projected for the mask decoder; "vision_pos_enc": their positional encodings).
-        frame: the (H, W, 3) uint8 RGB frame as given to `track`.
-        Default: SAM 2's own feature. Override to substitute another feature of the same shape; it is computed
-        once per frame and shared by every object and every prompt on that frame.
-        """
-        return backbone_out["backbone_fpn"][-1]
 
     # --------------------------------------------------------------------------------------------- interface
 
@@ -164,6 +168,7 @@ class StreamingSAM2(Tracker):
         self._image_size: tuple[int, int] | None = None
         self._features = None  # (vision_feats, vision_pos_embeds, feat_sizes) of the current frame
         self._maskmem_pos_enc = None  # the memory positional encoding, the same for every frame and object
+        self.features.reset()
 
     def remove_object(self, obj_id: int) -> None:
         obj_id = check_obj_id(obj_id)
@@ -172,30 +177,32 @@ class StreamingSAM2(Tracker):
         del self._objects[obj_id]
 
     @torch.inference_mode()
-    def track(self, frame: np.ndarray) -> FrameResult:
+    def track(self, frame: np.ndarray, geometry: CameraGeometry | None = None) -> FrameResult:
         t0 = time.perf_counter()
         frame = check_frame(frame, self._image_size)
         timings = {}
         with self._autocast():
-            t = time.perf_counter()
-            features = self._encode_frame(frame, timings)  # first: if it fails, the state is as it was
-            timings["image_encoder"] = time.perf_counter() - t - timings["memory_features"]
+            features, scene = self._encode_frame(frame, geometry, timings)  # first: if it fails, nothing changed
             # memories of the prompts on the previous frame are encoded with that frame's features, before they go
             self._commit_prompts()
             self._features = features
             self._frame_idx += 1
             self._image_size = (frame.shape[0], frame.shape[1])
-            self._prune()
-            t = time.perf_counter()
-            results = {}
             for obj in self._objects.values():
-                out = self._run_step(obj, is_init_cond_frame=False, point_inputs=None, mask_inputs=None)
-                obj.non_cond[self._frame_idx] = out
+                obj.tracked_current = False
+                self.memory_policy.prune(obj.memory, self._frame_idx)
+            t = time.perf_counter()
+            objs = list(self._objects.values())
+            outputs = self._step_batched(objs) if self.batch_objects else [self._step_one(o) for o in objs]
+            for obj, out in zip(objs, outputs, strict=True):
+                self.memory_policy.admit(obj.memory, self._frame_idx, out, is_cond=False)
                 obj.tracked_current = True
-                results[obj.obj_id] = self._object_result(obj.obj_id, out)
             timings["objects"] = time.perf_counter() - t
+        t = time.perf_counter()
+        labels, results = self._compose([o.obj_id for o in objs], outputs)
+        timings["results"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return FrameResult(self._frame_idx, self._image_size, dict(sorted(results.items())), timings)
+        return FrameResult(self._frame_idx, self._image_size, results, timings, labels=labels, scene=scene)
 
     @torch.inference_mode()
     def add_prompt(self, obj_id, points=None, labels=None, box=None, mask=None, conditioning=None) -> ObjectResult:
@@ -210,21 +217,28 @@ class StreamingSAM2(Tracker):
                     f"cannot add object {obj_id}: already tracking max_objects={self.max_objects} objects "
                     f"{self.object_ids}; remove one first"
                 )
-            obj = _ObjectTrack(obj_id)
+            obj = _ObjectTrack(obj_id, self.memory_policy.new_memory())
         is_init_cond_frame = not obj.tracked_current
         is_cond = is_init_cond_frame or (self.correction_as_cond if conditioning is None else bool(conditioning))
         with self._autocast():
             if m is not None:
                 obj.points = None
-                out = self._run_step(obj, is_init_cond_frame, None, self._mask_inputs(m), run_mem_encoder=False)
+                out = self._step_one(
+                    obj, is_init_cond_frame=is_init_cond_frame, mask_inputs=self._mask_inputs(m), run_mem_encoder=False
+                )
             else:
                 obj.points = self._point_inputs(obj.points if bx is None else None, pts, lab, bx)
                 prev = obj.current_output(self._frame_idx, is_cond)
-                prev_logits = None if prev is None else torch.clamp(prev["pred_masks"], -32.0, 32.0)
-                out = self._run_step(obj, is_init_cond_frame, obj.points, None, False, prev_logits)
-        obj.pending = (is_cond, out)
+                out = self._step_one(
+                    obj,
+                    is_init_cond_frame=is_init_cond_frame,
+                    point_inputs=obj.points,
+                    run_mem_encoder=False,
+                    prev_logits=None if prev is None else torch.clamp(prev["pred_masks"], -32.0, 32.0),
+                )
+        obj.pending = _PendingPrompt(is_cond, out)
         self._objects[obj_id] = obj
-        return self._object_result(obj_id, out)
+        return self._compose([obj_id], [out])[1][obj_id]
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -248,13 +262,13 @@ class StreamingSAM2(Tracker):
 
         add([self._features, self._maskmem_pos_enc])
         for obj in self._objects.values():
-            add([obj.cond, obj.non_cond, obj.points, obj.pending])
-        return total
+            add(list(obj.memory.tensors()))
+            add([obj.points, None if obj.pending is None else obj.pending.output])
+        return total + self.features.nbytes()
 
     def memory_frames(self, obj_id: int) -> dict[str, list[int]]:
         """Frame indices held for one object: {"cond": [...], "non_cond": [...]} (for inspection and tests)."""
-        obj = self._objects[check_obj_id(obj_id)]
-        return {"cond": sorted(obj.cond), "non_cond": sorted(obj.non_cond)}
+        return self._objects[check_obj_id(obj_id)].memory.frames()
 
     # ------------------------------------------------------------------------------------------------ steps
 
@@ -271,22 +285,28 @@ class StreamingSAM2(Tracker):
         image = (image - self._img_mean) / self._img_std
         return image.to(self.device).unsqueeze(0)
 
-    def _encode_frame(self, frame: np.ndarray, timings: dict):
-        backbone_out = self.model.forward_image(self._preprocess(frame))
+    def _encode_frame(self, frame: np.ndarray, geometry: CameraGeometry | None, timings: dict):
         t = time.perf_counter()
-        feat = self.memory_features(backbone_out, frame)
-        timings["memory_features"] = time.perf_counter() - t
+        backbone_out = self.model.forward_image(self._preprocess(frame))
+        t1 = time.perf_counter()
+        provided = self.features(backbone_out, frame, geometry)
+        timings["image_encoder"] = t1 - t
+        timings["memory_features"] = time.perf_counter() - t1
+        timings.update(provided.timings)
         expected = tuple(backbone_out["backbone_fpn"][-1].shape)
-        if tuple(feat.shape) != expected:
-            raise RuntimeError(f"memory_features returned shape {tuple(feat.shape)}, expected {expected}")
+        if tuple(provided.feature.shape) != expected:
+            got = tuple(provided.feature.shape)
+            raise RuntimeError(f"the feature provider returned shape {got}, expected {expected}")
         backbone_out = {
-            "backbone_fpn": backbone_out["backbone_fpn"][:-1] + [feat],
+            "backbone_fpn": backbone_out["backbone_fpn"][:-1] + [provided.feature],
             "vision_pos_enc": backbone_out["vision_pos_enc"],
         }
         _, vision_feats, vision_pos_embeds, feat_sizes = self.model._prepare_backbone_features(backbone_out)
-        return vision_feats, vision_pos_embeds, feat_sizes
+        return (vision_feats, vision_pos_embeds, feat_sizes), provided.scene
 
-    def _run_step(self, obj, is_init_cond_frame, point_inputs, mask_inputs, run_mem_encoder=True, prev_logits=None):
+    def _step_one(
+        self, obj, is_init_cond_frame=False, point_inputs=None, mask_inputs=None, run_mem_encoder=True, prev_logits=None
+    ) -> dict:
         """One official tracking step for one object on the current frame -> compact output (as the official
         predictor stores it: memory features in bfloat16, a shared memory positional encoding)."""
         vision_feats, vision_pos_embeds, feat_sizes = self._features
@@ -298,7 +318,7 @@ class StreamingSAM2(Tracker):
             feat_sizes=feat_sizes,
             point_inputs=point_inputs,
             mask_inputs=mask_inputs,
-            output_dict=obj.output_dict(),
+            output_dict=self.memory_policy.view(obj.memory, self._frame_idx),
             num_frames=_UNBOUNDED,
             track_in_reverse=False,
             run_mem_encoder=run_mem_encoder,
@@ -313,6 +333,29 @@ class StreamingSAM2(Tracker):
             "object_score_logits": out["object_score_logits"],
         }
 
+    def _step_batched(self, objs: list[_ObjectTrack]) -> list[dict]:
+        """Tracking steps of all objects, one batch per memory layout."""
+        groups: dict[tuple, list[int]] = {}
+        tokens = []
+        for i, obj in enumerate(objs):
+            view = self.memory_policy.view(obj.memory, self._frame_idx)
+            tokens.append(memory_tokens(self.model, self._frame_idx, view, _UNBOUNDED))
+            groups.setdefault(tokens[-1].layout, []).append(i)
+        outputs: list[dict | None] = [None] * len(objs)
+        for members in groups.values():
+            out = step_objects(self.model, self._features, [tokens[i] for i in members], self.pad_objects_to)
+            pos_enc = self._shared_pos_enc(out["maskmem_pos_enc"])
+            memory = out["maskmem_features"].to(torch.bfloat16)
+            for k, i in enumerate(members):
+                outputs[i] = {
+                    "maskmem_features": memory[k : k + 1].clone(),  # an object's memory outlives its batch
+                    "maskmem_pos_enc": pos_enc,
+                    "pred_masks": out["pred_masks"][k : k + 1],
+                    "obj_ptr": out["obj_ptr"][k : k + 1].clone(),
+                    "object_score_logits": out["object_score_logits"][k : k + 1].clone(),
+                }
+        return outputs
+
     def _shared_pos_enc(self, pos_enc):
         if pos_enc is None:
             return None
@@ -321,15 +364,15 @@ class StreamingSAM2(Tracker):
         return self._maskmem_pos_enc
 
     def _commit_prompts(self) -> None:
-        """Move each object's last prompt output on the current frame into its memory bank, encoding its memory
-        from the final mask (as the official `propagate_in_video_preflight`)."""
+        """Move each object's last prompt output on the current frame into its memory, encoding its memory from
+        the final mask (as the official `propagate_in_video_preflight`)."""
         size = self.model.image_size
         for obj in self._objects.values():
             obj.points = None
             if obj.pending is None:
                 continue
-            is_cond, out = obj.pending
-            obj.pending = None
+            pending, obj.pending = obj.pending, None
+            out = pending.output
             if out["maskmem_features"] is None:
                 high_res = F.interpolate(out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False)
                 vision_feats, _, feat_sizes = self._features
@@ -342,30 +385,25 @@ class StreamingSAM2(Tracker):
                 )
                 out["maskmem_features"] = maskmem.to(torch.bfloat16)
                 out["maskmem_pos_enc"] = self._shared_pos_enc(pos_enc)
-            (obj.cond if is_cond else obj.non_cond)[self._frame_idx] = out
-            if is_cond:
-                obj.non_cond.pop(self._frame_idx, None)
+            self.memory_policy.admit(obj.memory, self._frame_idx, out, is_cond=pending.is_cond)
 
-    def _prune(self) -> None:
-        """Drop what the current frame and later ones can no longer read (called once the frame index moved on)."""
-        f = self._frame_idx
-        for obj in self._objects.values():
-            obj.tracked_current = False
-            while len(obj.cond) > self.max_cond_frames:
-                # the oldest conditioning frame leaves the attention set but stays readable as a recent frame
-                t = min(obj.cond)
-                obj.non_cond.setdefault(t, obj.cond.pop(t))
-                obj.evicted = True
-            for t in list(obj.non_cond):
-                out = obj.non_cond[t]
-                if t < f - max(self._ptr_window, self._mem_window):
-                    del obj.non_cond[t]
-                    continue
-                if t < f - self._mem_window and "maskmem_features" in out:
-                    out = obj.non_cond[t] = {"obj_ptr": out["obj_ptr"]}
-                out.pop("pred_masks", None)
-            for out in obj.cond.values():
-                out.pop("pred_masks", None)
+    def _compose(self, obj_ids: list[int], outputs: list[dict]) -> tuple[np.ndarray, dict[int, ObjectResult]]:
+        """Label image and per-object results of the current frame, from the outputs' low-res logits."""
+        size = self._image_size
+        if not obj_ids:
+            return np.zeros(size, np.uint16), {}
+        low_res = torch.cat([out["pred_masks"] for out in outputs]).float()
+        scores = torch.sigmoid(torch.cat([out["object_score_logits"] for out in outputs]).float()).reshape(-1)
+        order = np.argsort(obj_ids, kind="stable")
+        ids = [obj_ids[i] for i in order]
+        index = torch.as_tensor(order, device=low_res.device)
+        low_res, scores = low_res[index], scores[index]
+        sparse = self.compose == "sparse"
+        if self.compose == "auto":
+            sparse = self.device.type == "cpu" and separable_upsampling_is_exact(tuple(low_res.shape[-2:]), size)
+        if sparse:
+            return compose_sparse(low_res.cpu(), ids, scores.tolist(), size)
+        return compose_dense(low_res, ids, scores, size)
 
     # ------------------------------------------------------------------------------------------------ inputs
 
@@ -394,10 +432,5 @@ class StreamingSAM2(Tracker):
             m = (m >= 0.5).float()
         return m
 
-    def _object_result(self, obj_id: int, out: dict) -> ObjectResult:
-        logits = F.interpolate(out["pred_masks"].float(), size=self._image_size, mode="bilinear", align_corners=False)
-        score = torch.sigmoid(out["object_score_logits"].float()).item()
-        return ObjectResult.from_logits(obj_id, logits[0, 0].cpu().numpy(), score)
 
-
-__all__ = ["StreamingSAM2", "FrameError", "PromptError"]
+__all__ = ["COMPOSE_MODES", "IMG_MEAN", "IMG_STD", "StreamingSAM2"]

@@ -1,0 +1,118 @@
+"""Many objects on one frame: ms per frame of `track` + label image, and the bytes of results held, by objects.
+
+    python benchmarks/multi_object.py                   # tiny and SAM 2.1-t@512, 640x480 and 1920x1080, CPU
+    python benchmarks/multi_object.py --models tiny --frames 3 --sizes 640x480      # a quick look
+
+For each model, frame size and object count (1 / 4 / 16 boxes in a grid, all prompted on the first frame) it
+times two ways of running the same stream:
+- `batched`: the engine's default (objects with one memory layout in one batch, results composed sparsely on a
+  CPU, densely on a GPU, one transfer);
+- `per_object`: the official per-object step and whole-frame result composition (what main did before the
+  batched engine, less its per-object host copies).
+Printed per row: median ms/frame, the ratio to the 1-object time of the same mode in this run, and the bytes the
+FrameResult holds (label image, mask windows; no full-size logits unless asked). Random weights time like the
+released ones (same shapes). One CPU thread by default (--threads), so the ratios are not thread-scheduling noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from threeam_model.sam2_build import build_sam2
+from threeam_model.streaming import StreamingSAM2
+
+MODES = {"batched": dict(batch_objects=True, compose="auto"), "per_object": dict(batch_objects=False, compose="dense")}
+
+
+def frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
+    """Textured background with 16 moving squares (one per grid cell)."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 120, size=(h, w, 3), dtype=np.uint8)
+    out = []
+    for i in range(n):
+        f = background.copy()
+        for k in range(16):
+            y0 = int(h * (k // 4 + 0.25) / 4) + i
+            x0 = int(w * (k % 4 + 0.25) / 4) + 2 * i
+            f[y0 : y0 + h // 8, x0 : x0 + w // 8] = ((37 * k) % 255, 200, (91 * k) % 255)
+        out.append(f)
+    return out
+
+
+def grid_boxes(n: int, h: int, w: int) -> list[list[float]]:
+    return [
+        [w * (k % 4 + 0.2) / 4, h * (k // 4 + 0.2) / 4, w * (k % 4 + 0.2) / 4 + w / 6, h * (k // 4 + 0.2) / 4 + h / 6]
+        for k in range(n)
+    ]
+
+
+def run(model, mode: str, clip: list[np.ndarray], objects: int, device: str) -> tuple[float, int]:
+    tracker = StreamingSAM2(model, max_objects=16, **MODES[mode])
+    h, w = clip[0].shape[:2]
+    tracker.track(clip[0])
+    for k, box in enumerate(grid_boxes(objects, h, w)):
+        tracker.add_prompt(k + 1, box=box)
+    times, held = [], 0
+    for i, frame in enumerate(clip[1:]):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        result = tracker.track(frame)
+        labels = result.label_image()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i > 0:  # the first tracked frame warms up
+            times.append(time.perf_counter() - t0)
+        held = result.nbytes()
+        assert labels.shape == (h, w)
+    return 1000 * statistics.median(times), held
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="tiny,t512", help="comma list of tiny, t512 (SAM 2.1-t at 512), t1024")
+    p.add_argument("--sizes", default="640x480,1920x1080", help="comma list of WxH frame sizes")
+    p.add_argument("--objects", default="1,4,16")
+    p.add_argument("--frames", type=int, default=5, help="frames per measurement (the first is warm-up)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    counts = [int(x) for x in args.objects.split(",")]
+    print(f"# multi_object: track + label image, device {args.device}, {args.threads} CPU thread(s), torch "
+          f"{torch.__version__}; median of {args.frames - 1} frames after one warm-up")  # fmt: skip
+    print("| model | frame | mode | objects | ms/frame | x 1 object | results held (MB) |")
+    print("|---|---|---|---|---|---|---|")
+    goal = {}
+    for name in args.models.split(","):
+        if name == "tiny":
+            model = build_sam2(tiny=True, seed=4, device=args.device)
+        else:
+            model = build_sam2("t", image_size=int(name[1:]), device=args.device)
+        model.eval()
+        for size in args.sizes.split(","):
+            w, h = (int(v) for v in size.split("x"))
+            clip = frames(args.frames + 1, h, w)
+            for mode in MODES:
+                base = None
+                for n in counts:
+                    ms, held = run(model, mode, clip, n, args.device)
+                    base = ms if base is None else base
+                    goal[(name, size, mode, n)] = (ms / base, held)
+                    print(f"| {name} | {size} | {mode} | {n} | {ms:.1f} | {ms / base:.2f} | {held / 1e6:.2f} |",
+                          flush=True)  # fmt: skip
+    key = ("tiny", "1920x1080", "batched", 16)
+    if key in goal:
+        ratio, held = goal[key]
+        print(f"goal (tiny, 1920x1080, 16 objects, batched): {ratio:.2f}x one object (goal <= 3x), "
+              f"{held / 1e6:.1f} MB held (goal <= 40 MB)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
