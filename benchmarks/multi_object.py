@@ -11,7 +11,11 @@ times two ways of running the same stream:
   batched engine, less its per-object host copies).
 Printed per row: median ms/frame, the ratio to the 1-object time of the same mode in this run, and the bytes the
 FrameResult holds (label image, mask windows; no full-size logits unless asked). Random weights time like the
-released ones (same shapes). One CPU thread by default (--threads), so the ratios are not thread-scheduling noise.
+released ones (same shapes), but their masks are not object-sized: the tiny model's cover about a third of the
+frame each, all in one place. So a second table times the result composition alone on object-sized masks (SAM 2's
+256x256 low-res logits of 1 / 4 / 16 objects in a grid, each about 2% of the frame): the engine's sparse and dense
+composition against the old per-object host path (upsample, copy to the host, mask, box, label image by argmax).
+One CPU thread by default (--threads), so the ratios are not thread-scheduling noise.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import time
 import numpy as np
 import torch
 
+from threeam_model.interface import FrameResult, ObjectResult
 from threeam_model.sam2_build import build_sam2
 from threeam_model.streaming import StreamingSAM2
+from threeam_model.streaming.results import compose_dense, compose_sparse, upsample
 
 MODES = {"batched": dict(batch_objects=True, compose="auto"), "per_object": dict(batch_objects=False, compose="dense")}
 
@@ -73,6 +79,56 @@ def run(model, mode: str, clip: list[np.ndarray], objects: int, device: str) -> 
     return 1000 * statistics.median(times), held
 
 
+def object_sized_logits(n: int, low: int = 256) -> torch.Tensor:
+    """(n, 1, low, low) logits: one disc per grid cell of a 4x4 grid, about 2% of the frame each."""
+    yy, xx = torch.meshgrid(
+        torch.arange(low, dtype=torch.float32), torch.arange(low, dtype=torch.float32), indexing="ij"
+    )
+    maps = []
+    for k in range(n):
+        cy, cx = low * (k // 4 + 0.5) / 4, low * (k % 4 + 0.5) / 4
+        maps.append(8 * (1 - ((yy - cy) ** 2 + (xx - cx) ** 2) / (0.08 * low) ** 2))
+    return torch.stack(maps)[:, None]
+
+
+def per_object_host(low_res: torch.Tensor, ids: list[int], scores: list[float], size: tuple[int, int]):
+    """The old result path: each object upsampled and copied to the host alone, its mask and box found there, the
+    label image by an argmax over the restacked maps."""
+    objects = {
+        obj_id: ObjectResult.from_logits(obj_id, upsample(low_res[i : i + 1], size)[0, 0].numpy(), scores[i])
+        for i, obj_id in enumerate(ids)
+    }
+    result = FrameResult(0, size, objects)
+    h, w = size
+    masks = np.stack([o.mask for o in objects.values()])
+    logits = np.where(masks, np.stack([o.mask_logits for o in objects.values()]), -np.inf)
+    labels = np.where(masks.any(0), np.array(ids, np.uint16)[logits.argmax(0)], 0)
+    return labels, result.objects
+
+
+def compose_table(sizes: list[tuple[int, int]], counts: list[int], repeats: int = 5) -> None:
+    print("\n| frame | composition | objects | ms | x 1 object | results held (MB) |")
+    print("|---|---|---|---|---|---|")
+    ways = {"sparse (engine, CPU)": compose_sparse, "dense (engine, GPU way)": compose_dense,
+            "per-object host (before)": per_object_host}  # fmt: skip
+    for w, h in sizes:
+        for name, compose in ways.items():
+            base = None
+            for n in counts:
+                low_res, ids = object_sized_logits(n), list(range(1, n + 1))
+                scores = torch.full((n,), 0.9)
+                args = (low_res, ids, scores if compose is compose_dense else scores.tolist(), (h, w))
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    labels, objects = compose(*args)
+                    times.append(time.perf_counter() - t0)
+                ms = 1000 * statistics.median(times)
+                base = ms if base is None else base
+                held = labels.nbytes + sum(o.nbytes() for o in objects.values())
+                print(f"| {w}x{h} | {name} | {n} | {ms:.1f} | {ms / base:.2f} | {held / 1e6:.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="tiny,t512", help="comma list of tiny, t512 (SAM 2.1-t at 512), t1024")
@@ -106,6 +162,7 @@ def main(argv=None) -> int:
                     goal[(name, size, mode, n)] = (ms / base, held)
                     print(f"| {name} | {size} | {mode} | {n} | {ms:.1f} | {ms / base:.2f} | {held / 1e6:.2f} |",
                           flush=True)  # fmt: skip
+    compose_table([tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")], counts)
     key = ("tiny", "1920x1080", "batched", 16)
     if key in goal:
         ratio, held = goal[key]

@@ -369,3 +369,20 @@ def test_constructor_checks():
         StreamingSAM2(model, max_cond_frames=0)
     with pytest.raises(ValueError, match="dtype"):
         StreamingSAM2(model, dtype=torch.float16)
+
+
+@pytest.mark.slow
+def test_compiled_image_encoder_agrees_with_eager(model):
+    """compile=True (torch.compile of the image encoder, static shapes) tracks like eager on a CPU."""
+    eager, compiled = StreamingSAM2(model), StreamingSAM2(model, compile=True)
+    assert compiled.compile and compiled._image_encoder is not model.image_encoder
+    for i, frame in enumerate(moving_frames(4)):
+        for t in (eager, compiled):
+            t.result = t.track(frame)
+            if i == 0:
+                t.add_prompt(1, points=[[10, 20]])
+                t.add_prompt(2, box=[25, 30, 55, 47])
+        if i > 0:
+            for obj_id in (1, 2):
+                a, b = eager.result.objects[obj_id].mask_logits, compiled.result.objects[obj_id].mask_logits
+                assert float(np.abs(a - b).max()) <= 1e-3 * max(1.0, float(np.abs(a).max()))

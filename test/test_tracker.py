@@ -209,3 +209,16 @@ def test_bfloat16_autocast_untrained_equivalence_and_must3r_in_float32(scene, mo
         for k in r:
             assert np.array_equal(g[k][0], r[k][0])
     assert tracker.track(rgb[0]).scene.c2w.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_compiled_3am_agrees_with_eager(scene):
+    """TrackerConfig(compile=True): the image encoder and the merger through torch.compile track like eager."""
+    rgb, inst = scene["rgb"][:4], scene["instance"][:4]
+    eager = build_tracker(TINY)
+    compiled = build_tracker(TrackerConfig(tiny=True, seed=0, compile=True))
+    assert compiled.compile and compiled.features._merge is not compiled.features.merger
+    ref, got = _run(eager, rgb, inst), _run(compiled, rgb, inst)
+    for g, r in zip(got, ref, strict=True):
+        for k in r:
+            assert float(np.abs(g[k][0] - r[k][0]).max()) <= 1e-3 * max(1.0, float(np.abs(r[k][0]).max()))

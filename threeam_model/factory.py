@@ -51,6 +51,7 @@ class TrackerConfig:
     max_conditioning_frames: int = 8  # per object, prompted frames kept in memory
     must3r_max_keyframes: int = 32  # MUSt3R memory cap (images)
     batch_objects: bool = True  # objects with one memory layout in one batch (False: the official per-object step)
+    compile: bool = False  # torch.compile the image encoder (and 3AM's merger); CUDA graphs on CUDA
     tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)
     seed: int = 0  # seed of random weights
     reid: str = "off"  # geometric re-id (threeam_model.reid): "off", "rgbd" (the caller, e.g. the ROS node, passes
@@ -260,6 +261,7 @@ def _stream_options(cfg: TrackerConfig) -> dict:
         max_cond_frames=cfg.max_conditioning_frames,
         dtype=DTYPES[cfg.dtype],
         batch_objects=cfg.batch_objects,
+        compile=cfg.compile,
     )
 
 

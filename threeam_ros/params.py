@@ -99,6 +99,12 @@ PARAMS: tuple[Param, ...] = (
         False,
         "TESTS AND DEMOS ONLY: a tiny SAM 2 with random weights, no checkpoint; its masks are meaningless.",
     ),
+    Param(
+        "model.compile",
+        False,
+        "torch.compile the image encoder (and the 3AM merger) with static shapes; CUDA graphs on a GPU. The first "
+        "frame then takes seconds to minutes.",
+    ),
     Param("model.cpu_threads", 0, "Torch CPU threads (0: torch's default).", min_value=0),
     Param("model.seed", 0, "Seed for random weights (model.random_weights_tiny)."),
     # ---- tracker state caps

@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16: autocast")
     m.add_argument("--max-objects", type=int, default=16, help="cap on tracked objects (default: 16)")
+    m.add_argument("--compile", action="store_true", help="torch.compile the image encoder (+ merger); CUDA graphs")
+    m.add_argument("--per-object", action="store_true", help="official per-object step instead of batched objects")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     o = p.add_argument_group("output")
     o.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
@@ -397,7 +399,7 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
     image_size = args.image_size or (512 if args.demo else None)
     must3r = args.must3r or ("224" if args.demo else "512")
     common = dict(method=args.method, device=args.device, dtype=args.dtype, max_objects=args.max_objects,
-                  seed=args.seed)  # fmt: skip
+                  seed=args.seed, compile=args.compile, batch_objects=not args.per_object)  # fmt: skip
     if args.tiny:
         return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]
     sam2_ckpt = None if args.random_weights else args.sam2_checkpoint

@@ -107,6 +107,8 @@ class StreamingSAM2(Tracker):
     compose: how results are made from low-res logits: "sparse" (per-object windows, for CPUs), "dense" (whole-frame
         tensor operations, for GPUs), "auto" (sparse on a CPU for frame sizes where it equals torch's upsampling bit
         for bit, else dense).
+    compile: run the image encoder through torch.compile (static shapes; on CUDA with CUDA-graph capture), and
+        ask the feature provider to do the same with its per-frame modules; the first frame of a stream compiles.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class StreamingSAM2(Tracker):
         dtype: torch.dtype = torch.float32,
         correction_as_cond: bool | None = None,
         compose: str = "auto",
+        compile: bool = False,
     ):
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -143,6 +146,13 @@ class StreamingSAM2(Tracker):
             correction_as_cond = getattr(model, "add_all_frames_to_correct_as_cond", False)
         self.correction_as_cond = bool(correction_as_cond)
         self.compose = compose
+        self.compile = bool(compile)
+        self._image_encoder = model.image_encoder
+        if self.compile:
+            # CUDA graphs replay into fixed buffers: the engine copies the encoder outputs out (see _encode_frame)
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._image_encoder = torch.compile(model.image_encoder, dynamic=False, mode=mode)
+            self.features.compile(mode)
         self._img_mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
         self._img_std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
         self.reset()
@@ -285,9 +295,21 @@ class StreamingSAM2(Tracker):
         image = (image - self._img_mean) / self._img_std
         return image.to(self.device).unsqueeze(0)
 
+    def _forward_image(self, image: torch.Tensor) -> dict:
+        """`SAM2Base.forward_image`, through the compiled image encoder when `compile` is on."""
+        out = self._image_encoder(image)
+        if self.compile and self.device.type == "cuda":  # replayed graphs overwrite their outputs on the next frame
+            out = {k: [x.clone() for x in v] if isinstance(v, list) else v.clone() for k, v in out.items()}
+        model = self.model
+        if model.use_high_res_features_in_sam:
+            # precomputed once per frame for every click, as SAM2Base.forward_image does
+            out["backbone_fpn"][0] = model.sam_mask_decoder.conv_s0(out["backbone_fpn"][0])
+            out["backbone_fpn"][1] = model.sam_mask_decoder.conv_s1(out["backbone_fpn"][1])
+        return out
+
     def _encode_frame(self, frame: np.ndarray, geometry: CameraGeometry | None, timings: dict):
         t = time.perf_counter()
-        backbone_out = self.model.forward_image(self._preprocess(frame))
+        backbone_out = self._forward_image(self._preprocess(frame))
         t1 = time.perf_counter()
         provided = self.features(backbone_out, frame, geometry)
         timings["image_encoder"] = t1 - t

@@ -40,6 +40,9 @@ class FeatureProvider(Protocol):
     def reset(self) -> None:
         """Start a new stream (the engine's reset calls it)."""
 
+    def compile(self, mode: str | None) -> None:
+        """Run the per-frame modules through torch.compile with static shapes (`mode`: torch.compile's)."""
+
     def nbytes(self) -> int:
         """Bytes of state this provider keeps between frames (bounded)."""
 
@@ -49,6 +52,9 @@ class SamFeatures:
 
     def bind(self, sam2_model) -> None:
         pass
+
+    def compile(self, mode: str | None) -> None:
+        pass  # nothing to compile: the engine compiles the image encoder
 
     def __call__(self, backbone_out: dict, frame: np.ndarray, geometry: CameraGeometry | None) -> FeatureOutput:
         return FeatureOutput(backbone_out["backbone_fpn"][-1])
@@ -98,6 +104,11 @@ class MergedFeatures:
         missing = sorted(set(merger.cfg.merge_layers) - set(must3r.feat_layers))
         if missing:
             raise ValueError(f"the MUSt3R stream does not return decoder layers {missing}; add them to feat_layers")
+        self._merge = self.merger
+
+    def compile(self, mode: str | None) -> None:
+        """Run the merger through torch.compile (static shapes per stream; MUSt3R itself stays eager)."""
+        self._merge = torch.compile(self.merger, dynamic=False, mode=mode)
 
     def bind(self, sam2_model) -> None:
         width = sam2_model.hidden_dim
@@ -111,7 +122,7 @@ class MergedFeatures:
         with torch.autocast(backbone_out["backbone_fpn"][-1].device.type, enabled=False):
             scene = self.must3r.step(frame)
         t1 = time.perf_counter()
-        merged = merge_features(self.merger, backbone_out["backbone_fpn"][-1], scene, frame.shape[:2])
+        merged = merge_features(self._merge, backbone_out["backbone_fpn"][-1], scene, frame.shape[:2])
         return FeatureOutput(merged, scene, {"must3r": t1 - t0, "merger": time.perf_counter() - t1})
 
     def reset(self) -> None:

@@ -114,7 +114,9 @@ def compose_sparse(
     H, W = size
     low_res = low_res.float()
     labels = torch.zeros(size, dtype=torch.int32)
-    best = None  # the winning logit per pixel, made when a second visible object might overlap
+    # the winning logit per pixel, 0 where no object is: a pixel goes to an object whose logit beats it, which is
+    # "inside the mask and higher than any earlier object" in one comparison
+    best = torch.zeros(size)
     objects = {}
     positive = low_res[:, 0] > 0
     for i, obj_id in enumerate(obj_ids):
@@ -136,12 +138,11 @@ def compose_sparse(
                 box = (x0, y0, x0 + wx1 - wx0 - 1, y0 + wy1 - wy0 - 1)
                 window = inside.numpy()
                 region = (slice(y0, y0 + wy1 - wy0), slice(x0, x0 + wx1 - wx0))
-                if best is None:
-                    best = torch.full(size, float("-inf"))
+                best_here = best[region]
                 # strictly greater: on a tie the lower id (visited first) keeps the pixel, as argmax would
-                wins = inside & (values > best[region])
-                best[region] = torch.where(wins, values, best[region])
-                labels[region] = torch.where(wins, obj_id, labels[region])
+                wins = values > best_here
+                torch.maximum(best_here, values, out=best_here)
+                labels[region].masked_fill_(wins, obj_id)
         objects[obj_id] = ObjectResult(obj_id, scores[i], box, size, window, logits)
     return labels.numpy().astype(np.uint16), objects
 
