@@ -1,9 +1,16 @@
-"""Tracking FPS on a GPU: 3AM (and SAM 2 alone) at full size, random weights, bfloat16 autocast, 1 and 4 objects.
+"""Tracking FPS on a GPU: 3AM (and SAM 2 alone) at full size, random weights, bfloat16 autocast; and the streaming
+engine with many objects against the official SAM2VideoPredictor.
 
-One script, one run, well under 5 minutes on an H100 (a time budget stops it early and says so):
+One script, one run, well under 10 minutes on an H100 (a time budget stops each part early and says so):
 
-    python benchmarks/device_fps.py                      # SAM 2.1 b+ / l  x  MUSt3R 224 / 512, on cuda
+    python benchmarks/device_fps.py                      # both parts, on cuda
+    python benchmarks/device_fps.py --part objects       # only the many-object part
     python benchmarks/device_fps.py --tiny --frames 3    # CPU smoke test of the script itself
+
+Part `3am`: SAM 2.1 b+ / l x MUSt3R 224 / 512, 1 and 4 objects. Part `objects`: SAM 2.1-t at 512 and 1024 px,
+1 / 4 / 16 objects, batched vs per-object, compile off / on, and the official `SAM2VideoPredictor` on the same
+clip in the same run (its `propagate_in_video` over a JPEG folder, objects prompted on frame 0); at 1024 the
+16-object frame time is set against memory attention's arithmetic alone (605 GFLOP per object and frame).
 
 Random weights: speed does not depend on them (MUSt3R's keyframe policy does, a little: the count of keyframes
 is printed). Frames are 640x480 renders of a synthetic room; FPS counts `track()` calls (all objects) per second,
@@ -27,7 +34,8 @@ from threeam_model.streaming import StreamingSAM2
 COMBOS = [("b+", "224"), ("b+", "512"), ("l", "224"), ("l", "512")]
 
 
-def sync(device: torch.device) -> None:
+def sync(device) -> None:
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -54,6 +62,78 @@ def fps(tracker, frames: np.ndarray, objects: int, warmup: int, device) -> float
     return len(timed) / (time.perf_counter() - t0)
 
 
+MEMORY_ATTENTION_GFLOP_1024 = 605.0  # per object and frame, SAM 2.1 at 1024 px (counted earlier)
+
+
+def official_fps(model, frames: np.ndarray, objects: int, warmup: int, device) -> float:
+    """The official predictor over the same frames (written as JPEGs, as it loads videos), objects on frame 0."""
+    import tempfile
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as folder:
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(f"{folder}/{i:05d}.jpg", quality=95)
+        state = model.init_state(folder)
+        h, w = frames.shape[1:3]
+        for k in range(objects):
+            x0 = int(w * k / objects)
+            box = np.array([x0 + 2, h // 4, x0 + w // objects - 2, 3 * h // 4], np.float32)
+            model.add_new_points_or_box(state, 0, k + 1, box=box)
+        times = []
+        sync(device)
+        t = time.perf_counter()
+        for _ in model.propagate_in_video(state):
+            sync(device)
+            now = time.perf_counter()
+            times.append(now - t)
+            t = now
+    timed = times[1 + warmup :]
+    return len(timed) / sum(timed)
+
+
+def objects_part(args, frames: np.ndarray, device: str, dtype: str, t_start: float) -> None:
+    """Many objects: batched vs per-object, compile off / on, and the official predictor (see the docstring)."""
+    from threeam_model.sam2_build import build_sam2
+
+    print("\n## many objects: SAM 2.1-t, streaming engine vs the official SAM2VideoPredictor")
+    print("| input | objects | official | per-object | batched | batched + compile | batched 16 vs 1 |")
+    print("|---|---|---|---|---|---|---|")
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    sizes = [64] if args.tiny else [512, 1024]
+    for size in sizes:
+        if time.perf_counter() - t_start > args.budget:
+            print(f"  budget of {args.budget:.0f} s spent: skipping {size} px")
+            continue
+        model = build_sam2(tiny=True, device=device) if args.tiny else build_sam2("t", image_size=size, device=device)
+        model.eval()
+        engines = {
+            "per_object": StreamingSAM2(model, dtype=torch_dtype, batch_objects=False),
+            "batched": StreamingSAM2(model, dtype=torch_dtype),
+            "compiled": StreamingSAM2(model, dtype=torch_dtype, compile=True),
+        }
+        by_n = {}
+        for n in (1, 4, 16):
+            with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch_dtype,
+                                                         enabled=torch_dtype != torch.float32):  # fmt: skip
+                official = official_fps(model, frames, n, args.warmup, device)
+            with torch.inference_mode():
+                r = {name: fps(t, frames, n, args.warmup, device) for name, t in engines.items()}
+            by_n[n] = r
+            ratio = f"{by_n[16]['batched'] / by_n[1]['batched']:.0%}" if n == 16 else ""
+            print(f"| {size} | {n} | {official:.1f} | {r['per_object']:.1f} | {r['batched']:.1f} | "
+                  f"{r['compiled']:.1f} | {ratio} |", flush=True)  # fmt: skip
+        if size == 1024:
+            frame_s = 1 / by_n[16]["batched"]
+            tflops = 16 * MEMORY_ATTENTION_GFLOP_1024 / 1000 / frame_s
+            print(f"  1024 px, 16 objects batched: {frame_s * 1000:.0f} ms/frame; memory attention alone is "
+                  f"{16 * MEMORY_ATTENTION_GFLOP_1024 / 1000:.1f} TFLOP a frame, i.e. {tflops:.0f} TFLOP/s if it "
+                  "were all of the frame")  # fmt: skip
+        del engines, model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny random models on CPU (smoke test)")
@@ -63,7 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--combos", default=",".join(f"{v}/{m}" for v, m in COMBOS), help="SAM2/MUSt3R pairs")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float32"), help="default: bfloat16 (tiny: float32)")
-    p.add_argument("--budget", type=float, default=270.0, help="seconds; combos left when it is spent are skipped")
+    p.add_argument("--budget", type=float, default=270.0, help="seconds per part; what is left is skipped")
+    p.add_argument("--part", choices=("all", "3am", "objects"), default="all")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)
     t_start = time.perf_counter()
@@ -85,9 +166,15 @@ def main(argv=None) -> int:
     frames = np.stack([clip[i % len(clip)] for i in range(n)])
     combos = [("tiny", "tiny")] if args.tiny else [tuple(c.split("/")) for c in args.combos.split(",")]
 
+    if args.part in ("all", "objects"):
+        objects_part(args, frames, device, dtype, time.perf_counter())
+        if args.part == "objects":
+            print(f"device_fps: done in {time.perf_counter() - t_start:.0f} s")
+            return 0
+    t_start_3am = time.perf_counter()
     rows = []
     for variant, must3r in combos:
-        if time.perf_counter() - t_start > args.budget:
+        if time.perf_counter() - t_start_3am > args.budget:
             print(f"  budget of {args.budget:.0f} s spent: skipping SAM 2.1-{variant} + MUSt3R-{must3r}")
             continue
         if args.tiny:
