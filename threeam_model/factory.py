@@ -52,6 +52,8 @@ class TrackerConfig:
     must3r_max_keyframes: int = 32  # MUSt3R memory cap (images)
     batch_objects: bool = True  # objects with one memory layout in one batch (False: the official per-object step)
     compile: bool = False  # torch.compile the image encoder (and 3AM's merger); CUDA graphs on CUDA
+    memory_policy: str = "sam2"  # per-object memory: sam2 (official), dam4sam (threeam_model.streaming.policies)
+    memory_policy_args: dict = dataclasses.field(default_factory=dict)  # hyperparameters of that policy
     tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)
     seed: int = 0  # seed of random weights
     reid: str = "off"  # geometric re-id (threeam_model.reid): "off", "rgbd" (the caller, e.g. the ROS node, passes
@@ -73,6 +75,10 @@ class TrackerConfig:
             raise ValueError(f"reid must be one of {REID_SOURCES}, got {self.reid!r}")
         if not self.reid_depth_scale > 0:
             raise ValueError(f"reid_depth_scale must be > 0 metres per unit, got {self.reid_depth_scale}")
+        from threeam_model.streaming.policies import MEMORY_POLICIES
+
+        if self.memory_policy not in MEMORY_POLICIES:
+            raise ValueError(f"memory_policy must be one of {MEMORY_POLICIES}, got {self.memory_policy!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be float32 or bfloat16 (float16 is not supported), got {self.dtype!r}")
         for name in ("max_objects", "max_conditioning_frames", "must3r_max_keyframes"):
@@ -213,7 +219,7 @@ def build_threeam(cfg: TrackerConfig):
     if payload is not None:
         threeam_checkpoint.load_into(payload, merger, sam2, source=str(cfg.threeam_checkpoint))
     stream = must3r_stream(must3r, cfg, feat_layers=(0, *merger_cfg.merge_layers))
-    return StreamingSAM2(sam2, features=MergedFeatures(stream, merger.to(device)), **_stream_options(cfg))
+    return StreamingSAM2(sam2, features=MergedFeatures(stream, merger.to(device)), **_stream_options(cfg, sam2))
 
 
 def must3r_stream(must3r_model, cfg: TrackerConfig, **kwargs):
@@ -235,7 +241,8 @@ def build_tracker(cfg: TrackerConfig) -> Tracker:
     if cfg.method == "sam2":
         from threeam_model.streaming import StreamingSAM2
 
-        tracker = StreamingSAM2(build_sam2_model(cfg), **_stream_options(cfg))
+        sam2 = build_sam2_model(cfg)
+        tracker = StreamingSAM2(sam2, **_stream_options(cfg, sam2))
     else:
         tracker = build_threeam(cfg)
     return tracker if cfg.reid == "off" else with_reid(tracker, cfg)
@@ -254,14 +261,17 @@ def with_reid(tracker: Tracker, cfg: TrackerConfig) -> Tracker:
     return GeometricReID(tracker, geometry, ReIDConfig(reject_out_of_view=cfg.reid_reject_out_of_view))
 
 
-def _stream_options(cfg: TrackerConfig) -> dict:
-    """Keyword arguments of StreamingSAM2 shared by both methods."""
+def _stream_options(cfg: TrackerConfig, sam2_model) -> dict:
+    """Keyword arguments of StreamingSAM2 shared by both methods (the memory policy with its input pipeline)."""
+    from threeam_model.streaming.policies import policy_options
+
     return dict(
         max_objects=cfg.max_objects,
         max_cond_frames=cfg.max_conditioning_frames,
         dtype=DTYPES[cfg.dtype],
         batch_objects=cfg.batch_objects,
         compile=cfg.compile,
+        **policy_options(cfg.memory_policy, sam2_model, cfg.max_conditioning_frames, cfg.memory_policy_args),
     )
 
 

@@ -121,6 +121,13 @@ PARAMS: tuple[Param, ...] = (
         min_value=1,
     ),
     Param(
+        "tracker.memory_policy",
+        "sam2",
+        "Per-object memory selection: sam2 (the official rule) or dam4sam (distractor-aware memory, with its "
+        "published hyperparameters and input resize).",
+        choices=("sam2", "dam4sam"),
+    ),
+    Param(
         "tracker.batch_objects",
         True,
         "Track objects whose memories have the same layout in one batch (faster with many objects; equal to the "

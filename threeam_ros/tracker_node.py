@@ -88,6 +88,7 @@ def build_tracker(cfg: dict) -> tuple[Tracker, str]:
             max_objects=cfg["tracker.max_objects"],
             max_conditioning_frames=cfg["tracker.max_conditioning_frames"],
             batch_objects=cfg["tracker.batch_objects"],
+            memory_policy=cfg["tracker.memory_policy"],
             compile=cfg["model.compile"],
             must3r_max_keyframes=cfg["tracker.must3r_max_keyframes"],
             tiny=tiny,

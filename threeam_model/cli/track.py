@@ -26,6 +26,7 @@ from threeam_model.data.readers.mose import davis_palette, read_annotation, writ
 from threeam_model.data.video import write_mp4
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
 from threeam_model.interface import FrameResult, PromptError, TrackerInputError
+from threeam_model.streaming.policies import MEMORY_POLICIES
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PROG = "threeam-track"
@@ -378,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-objects", type=int, default=16, help="cap on tracked objects (default: 16)")
     m.add_argument("--compile", action="store_true", help="torch.compile the image encoder (+ merger); CUDA graphs")
     m.add_argument("--per-object", action="store_true", help="official per-object step instead of batched objects")
+    m.add_argument("--memory-policy", choices=MEMORY_POLICIES, default="sam2", help="per-object memory (default: sam2)")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     o = p.add_argument_group("output")
     o.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
@@ -399,7 +401,8 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
     image_size = args.image_size or (512 if args.demo else None)
     must3r = args.must3r or ("224" if args.demo else "512")
     common = dict(method=args.method, device=args.device, dtype=args.dtype, max_objects=args.max_objects,
-                  seed=args.seed, compile=args.compile, batch_objects=not args.per_object)  # fmt: skip
+                  seed=args.seed, compile=args.compile, batch_objects=not args.per_object,
+                  memory_policy=args.memory_policy)  # fmt: skip
     if args.tiny:
         return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]
     sam2_ckpt = None if args.random_weights else args.sam2_checkpoint

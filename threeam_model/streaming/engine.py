@@ -55,7 +55,7 @@ from threeam_model.interface import (
 )
 from threeam_model.streaming.batched import memory_tokens, step_objects
 from threeam_model.streaming.features import FeatureProvider, SamFeatures
-from threeam_model.streaming.memory import MemoryPolicy, ObjectMemory, Sam2Window
+from threeam_model.streaming.memory import Admission, MemoryPolicy, ObjectMemory, Sam2Window, StepReport
 from threeam_model.streaming.results import compose_dense, compose_sparse, separable_upsampling_is_exact
 
 # Object pointers are positioned relative to the current frame only; an unbounded stream has no length.
@@ -64,6 +64,9 @@ _UNBOUNDED = sys.maxsize
 IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
 COMPOSE_MODES = ("auto", "sparse", "dense")
+# How a frame is resized to the model's input: "pil" (sam2's video loader: PIL's bicubic on the uint8 frame) or
+# "antialias_bilinear" (torchvision's resize of the [0, 1] float frame, as DAM4SAM's tracker prepares images)
+RESIZE_MODES = ("pil", "antialias_bilinear")
 
 
 @dataclasses.dataclass
@@ -107,6 +110,7 @@ class StreamingSAM2(Tracker):
     compose: how results are made from low-res logits: "sparse" (per-object windows, for CPUs), "dense" (whole-frame
         tensor operations, for GPUs), "auto" (sparse on a CPU for frame sizes where it equals torch's upsampling bit
         for bit, else dense).
+    resize: how frames are resized to the model input, one of RESIZE_MODES (the official loader's by default).
     compile: run the image encoder through torch.compile (static shapes; on CUDA with CUDA-graph capture), and
         ask the feature provider to do the same with its per-frame modules; the first frame of a stream compiles.
     """
@@ -124,6 +128,7 @@ class StreamingSAM2(Tracker):
         correction_as_cond: bool | None = None,
         compose: str = "auto",
         compile: bool = False,
+        resize: str = "pil",
     ):
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -131,6 +136,9 @@ class StreamingSAM2(Tracker):
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         if compose not in COMPOSE_MODES:
             raise ValueError(f"compose must be one of {COMPOSE_MODES}, got {compose!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        self.resize = resize
         if pad_objects_to is not None and pad_objects_to < 1:
             raise ValueError(f"pad_objects_to must be >= 1 or None, got {pad_objects_to}")
         self.model = model
@@ -203,10 +211,15 @@ class StreamingSAM2(Tracker):
                 self.memory_policy.prune(obj.memory, self._frame_idx)
             t = time.perf_counter()
             objs = list(self._objects.values())
-            outputs = self._step_batched(objs) if self.batch_objects else [self._step_one(o) for o in objs]
+            outputs = self._step_all(objs)
             for obj, out in zip(objs, outputs, strict=True):
+                candidates = out.pop("multimask_logits", None), out.pop("multimask_ious", None)
                 self.memory_policy.admit(obj.memory, self._frame_idx, out, is_cond=False)
                 obj.tracked_current = True
+                report = StepReport(self._frame_idx, self._image_size, out, *candidates)
+                if self.memory_policy.review(obj.memory, report) is Admission.CONDITIONING:
+                    # kept as a conditioning frame when tracking moves on, memory re-encoded as for a prompt
+                    obj.pending = _PendingPrompt(True, {**out, "maskmem_features": None, "maskmem_pos_enc": None})
             timings["objects"] = time.perf_counter() - t
         t = time.perf_counter()
         labels, results = self._compose([o.obj_id for o in objs], outputs)
@@ -276,6 +289,10 @@ class StreamingSAM2(Tracker):
             add([obj.points, None if obj.pending is None else obj.pending.output])
         return total + self.features.nbytes()
 
+    def memory_bank(self, obj_id: int) -> ObjectMemory:
+        """One object's memory bank as its policy keeps it (for inspection and tests)."""
+        return self._objects[check_obj_id(obj_id)].memory
+
     def memory_frames(self, obj_id: int) -> dict[str, list[int]]:
         """Frame indices held for one object: {"cond": [...], "non_cond": [...]} (for inspection and tests)."""
         return self._objects[check_obj_id(obj_id)].memory.frames()
@@ -290,9 +307,13 @@ class StreamingSAM2(Tracker):
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, 3, S, S) normalised, exactly as sam2's frame loader does it."""
         size = self.model.image_size
-        resized = np.array(Image.fromarray(frame).resize((size, size)))
-        image = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
-        image = (image - self._img_mean) / self._img_std
+        if self.resize == "pil":
+            resized = np.array(Image.fromarray(frame).resize((size, size)))
+            image = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
+        else:
+            image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float() / 255.0
+            image = F.interpolate(image[None], (size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        image = (image - self._img_mean.to(image.device)) / self._img_std.to(image.device)
         return image.to(self.device).unsqueeze(0)
 
     def _forward_image(self, image: torch.Tensor) -> dict:
@@ -355,15 +376,28 @@ class StreamingSAM2(Tracker):
             "object_score_logits": out["object_score_logits"],
         }
 
-    def _step_batched(self, objs: list[_ObjectTrack]) -> list[dict]:
-        """Tracking steps of all objects, one batch per memory layout."""
+    def _step_all(self, objs: list[_ObjectTrack]) -> list[dict]:
+        """Tracking steps of all objects on the current frame: one batch per memory layout, or (batch_objects off)
+        one object at a time, through the official step where the policy reads memory by SAM 2's offsets."""
+        policy, f = self.memory_policy, self._frame_idx
+        tokens = [policy.memory_tokens(self.model, obj.memory, f) for obj in objs]
+        if not self.batch_objects:
+            return [
+                self._step_one(obj) if tok is None else self._step_batched([tok])[0]
+                for obj, tok in zip(objs, tokens, strict=True)
+            ]
+        tokens = [
+            memory_tokens(self.model, f, policy.view(obj.memory, f), _UNBOUNDED) if tok is None else tok
+            for obj, tok in zip(objs, tokens, strict=True)
+        ]
+        return self._step_batched(tokens)
+
+    def _step_batched(self, tokens: list) -> list[dict]:
+        """Tracking steps of objects given their memory tokens, one batch per memory layout."""
         groups: dict[tuple, list[int]] = {}
-        tokens = []
-        for i, obj in enumerate(objs):
-            view = self.memory_policy.view(obj.memory, self._frame_idx)
-            tokens.append(memory_tokens(self.model, self._frame_idx, view, _UNBOUNDED))
-            groups.setdefault(tokens[-1].layout, []).append(i)
-        outputs: list[dict | None] = [None] * len(objs)
+        for i, tok in enumerate(tokens):
+            groups.setdefault(tok.layout, []).append(i)
+        outputs: list[dict | None] = [None] * len(tokens)
         for members in groups.values():
             out = step_objects(self.model, self._features, [tokens[i] for i in members], self.pad_objects_to)
             pos_enc = self._shared_pos_enc(out["maskmem_pos_enc"])
@@ -375,6 +409,8 @@ class StreamingSAM2(Tracker):
                     "pred_masks": out["pred_masks"][k : k + 1],
                     "obj_ptr": out["obj_ptr"][k : k + 1].clone(),
                     "object_score_logits": out["object_score_logits"][k : k + 1].clone(),
+                    "multimask_logits": out["multimask_logits"][k : k + 1],
+                    "multimask_ious": out["multimask_ious"][k : k + 1],
                 }
         return outputs
 
@@ -455,4 +491,4 @@ class StreamingSAM2(Tracker):
         return m
 
 
-__all__ = ["COMPOSE_MODES", "IMG_MEAN", "IMG_STD", "StreamingSAM2"]
+__all__ = ["COMPOSE_MODES", "IMG_MEAN", "IMG_STD", "RESIZE_MODES", "StreamingSAM2"]

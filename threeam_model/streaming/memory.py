@@ -1,13 +1,16 @@
 """Per-object memory: the bank (`ObjectMemory`) and the rule that fills it (`MemoryPolicy`).
 
-A policy answers three questions for one object, on the engine's schedule:
+A policy answers these questions for one object, on the engine's schedule:
 - `admit`: a new output enters memory (a tracked frame, or a committed prompt as conditioning or not);
+- `review`: after a tracked frame, with that frame's candidate masks: keep the frame as a recent one, or make it a
+  conditioning frame (DAM4SAM's distractor-resolving memory), re-encoded from its binarised mask like a prompt;
 - `prune`: the stream moved on to frame f; what can no longer be read leaves;
 - `view`: what memory attention reads on frame f, as the official output dict
   (`{"cond_frame_outputs": {t: out}, "non_cond_frame_outputs": {t: out}}`), which SAM2Base reads by frame offset
-  (non-conditioning memories at f-1 ... f-(num_maskmem-1), object pointers back to f-(max_obj_ptrs-1)).
-A policy may re-key what it chose onto those offsets, or keep several banks per object; the engine only stores
-the `ObjectMemory` the policy made for each object and hands it back.
+  (non-conditioning memories at f-1 ... f-(num_maskmem-1), object pointers back to f-(max_obj_ptrs-1));
+- `memory_tokens`: None to let the engine read `view` by SAM 2's offsets, or the memory tokens themselves, for a
+  rule that SAM 2's offsets cannot express (which frames, in which order, with which temporal encodings).
+The engine only stores the `ObjectMemory` the policy made for each object and hands it back.
 
 `Sam2Window` is the official rule, trimmed for a stream: conditioning frames up to a cap (the oldest leave first, and
 stay readable as recent frames while in reach), and only the recent frames the next frame can still read.
@@ -15,6 +18,8 @@ stay readable as recent frames while in reach), and only the recent frames the n
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -31,6 +36,11 @@ class ObjectMemory:
         # order `select_closest_cond_frames` lists them, latest first: same order, same floating-point sums.
         self.cond_latest_first = False
 
+    def nbytes(self) -> int:
+        """Bytes of the tensors this bank holds (each storage once)."""
+        storages = {(t.untyped_storage().data_ptr(), t.device): t.untyped_storage().nbytes() for t in self.tensors()}
+        return sum(storages.values())
+
     def frames(self) -> dict[str, list[int]]:
         return {"cond": sorted(self.cond), "non_cond": sorted(self.non_cond)}
 
@@ -45,6 +55,24 @@ class ObjectMemory:
                         yield from (v for v in value if isinstance(v, torch.Tensor))
 
 
+class Admission(enum.Enum):
+    """What `review` decides about a tracked frame."""
+
+    RECENT = "recent"  # stays a recent frame, as stored by admit
+    CONDITIONING = "conditioning"  # becomes a conditioning frame when tracking moves on, memory from its binary mask
+
+
+@dataclasses.dataclass
+class StepReport:
+    """One object's tracking step on one frame, as a policy's `review` sees it."""
+
+    frame_idx: int
+    image_size: tuple[int, int]  # (H, W) of the frame
+    output: dict  # the stored output (pred_masks: the chosen low-res logits (1, 1, h, w), object_score_logits...)
+    multimask_logits: torch.Tensor  # (1, M, h, w) every candidate mask of the SAM head (no-object masked)
+    multimask_ious: torch.Tensor  # (1, M) their predicted IoUs
+
+
 @runtime_checkable
 class MemoryPolicy(Protocol):
     """What enters an object's memory, what leaves, and what memory attention reads (see the module docstring)."""
@@ -55,11 +83,17 @@ class MemoryPolicy(Protocol):
     def admit(self, memory: ObjectMemory, frame_idx: int, output: dict, is_cond: bool) -> None:
         """Store `output`, the object's final output on `frame_idx` (a conditioning frame when `is_cond`)."""
 
+    def review(self, memory: ObjectMemory, report: StepReport) -> Admission:
+        """After a tracked frame (the output is already admitted as recent): keep it so, or condition on it."""
+
     def prune(self, memory: ObjectMemory, frame_idx: int) -> None:
         """Frame `frame_idx` became current: drop what it and later frames can no longer read."""
 
     def view(self, memory: ObjectMemory, frame_idx: int) -> dict:
         """The official output dict memory attention reads on `frame_idx`."""
+
+    def memory_tokens(self, model, memory: ObjectMemory, frame_idx: int):
+        """None (read `view` by SAM 2's offsets), or this policy's `batched.MemoryTokens` for `frame_idx`."""
 
 
 class Sam2Window:
@@ -86,6 +120,12 @@ class Sam2Window:
         if is_cond:
             memory.non_cond.pop(frame_idx, None)
 
+    def review(self, memory: ObjectMemory, report: StepReport) -> Admission:
+        return Admission.RECENT
+
+    def memory_tokens(self, model, memory: ObjectMemory, frame_idx: int):
+        return None
+
     def prune(self, memory: ObjectMemory, frame_idx: int) -> None:
         while len(memory.cond) > self.max_cond_frames:
             # the oldest conditioning frame leaves the attention set but stays readable as a recent frame
@@ -110,4 +150,4 @@ class Sam2Window:
         return {"cond_frame_outputs": cond, "non_cond_frame_outputs": memory.non_cond}
 
 
-__all__ = ["MemoryPolicy", "ObjectMemory", "Sam2Window"]
+__all__ = ["Admission", "MemoryPolicy", "ObjectMemory", "Sam2Window", "StepReport"]
