@@ -19,6 +19,9 @@ Stable API (others build on it; extend, don't change):
 
 - ``generate_scene(out_dir, seed=0, ...same arguments...) -> pathlib.Path`` renders and writes the folder layout
   below, returning ``out_dir``.
+- ``scene_points(scene, spacing=0.04) -> dict`` samples the rendered scene's surfaces into a point cloud with
+  instance ids (points, normals, colors, instance; see its docstring), keeping what some frame sees, like a mesh
+  reconstructed from the frames; ``generate_scene(..., with_points=True)`` writes it as ``points.ply``.
 - ``SyntheticScene(path)`` (in threeam_model.data.readers) reads that folder back; ``export_davis(scene_dir,
   out_root, name)`` writes it in the DAVIS-2017 / MOSE layout (``JPEGImages/<name>/00000.jpg`` and
   ``Annotations/<name>/00000.png`` palette PNGs).
@@ -33,6 +36,8 @@ Folder layout written by ``generate_scene`` (frame i is zero-padded to 5 digits)
       poses.txt            one row per frame: the 16 entries of the 4x4 camera-to-world matrix, row-major
       scene.json           {"format": "threeam-synthetic-v1", seed, width, height, num_frames, depth_scale: 1000,
                             room: {half_extent, height}, objects: [...], conventions}
+      points.ply           only with with_points=True: binary PLY, per point x y z (float, world), nx ny nz,
+                           red green blue (uchar), instance (int, object id, 0 = room)
 
 Conventions: world frame z-up, floor at z = 0, room centred on the origin. Camera frame as OpenCV: x right,
 y down, z forward. Pixel (column u, row v) has its centre at image coordinate (u, v), i.e. a pixel centre is
@@ -57,7 +62,10 @@ import numpy as np
 
 FORMAT = "threeam-synthetic-v1"
 DEPTH_SCALE = 1000.0  # depth PNG units per metre
+POINTS_FILE = "points.ply"  # written by generate_scene(with_points=True)
 SHAPES = ("box", "cylinder", "sphere")
+MAX_SPACIOUS_OBJECTS = 12  # up to this many objects the layout is the original one; up to MAX_OBJECTS it is denser
+MAX_OBJECTS = 24
 PATTERNS = ("checker", "stripes", "blocks", "rings")
 _LIGHT = np.array([0.4, 0.3, 0.87]) / np.linalg.norm([0.4, 0.3, 0.87])
 
@@ -78,7 +86,8 @@ def _random_texture(rng: np.random.Generator) -> dict:
 def _layout(rng: np.random.Generator, num_objects: int, lookalike: bool, half_extent: float) -> list[dict]:
     """Place objects on the floor inside a disc around the room centre, without overlaps."""
     objects: list[dict] = []
-    radius = 0.45 * half_extent
+    crowded = num_objects > MAX_SPACIOUS_OBJECTS  # more objects: a wider disc and 0.7x sizes, so they fit
+    radius = (0.55 if crowded else 0.45) * half_extent
     for i in range(num_objects):
         copy_of = objects[0] if (lookalike and i == num_objects - 1 and objects) else None
         if copy_of is not None:
@@ -95,6 +104,8 @@ def _layout(rng: np.random.Generator, num_objects: int, lookalike: bool, half_ex
                 size = [d, d, d]
             yaw = float(rng.uniform(0, np.pi)) if shape == "box" else 0.0
             texture = _random_texture(rng)
+            if crowded:
+                size = [0.7 * x for x in size]
         footprint = 0.5 * float(np.hypot(size[0], size[1]))
         for _ in range(1000):
             r, a = radius * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
@@ -350,8 +361,8 @@ def render_scene(
     """Render a whole scene in memory (see the module docstring for the returned keys)."""
     if num_frames < 1 or width < 8 or height < 8:
         raise ValueError(f"need num_frames >= 1 and an image of at least 8x8, got {num_frames}, {width}x{height}")
-    if not 1 <= num_objects <= 12:
-        raise ValueError(f"num_objects must be in 1..12, got {num_objects}")
+    if not 1 <= num_objects <= MAX_OBJECTS:
+        raise ValueError(f"num_objects must be in 1..{MAX_OBJECTS}, got {num_objects}")
     if lookalike and num_objects < 2:
         raise ValueError("lookalike=True needs num_objects >= 2 (the last object copies the first)")
     rng = np.random.default_rng(seed)
@@ -376,6 +387,130 @@ def render_scene(
     return {"rgb": rgb, "depth": depth, "instance": instance, "K": K, "poses": poses, "objects": objects, "meta": meta}
 
 
+# ------------------------------------------------------------------------------------------ scene points
+
+
+def _grid(lo: float, hi: float, spacing: float) -> np.ndarray:
+    """Cell centres of a regular grid over [lo, hi] (at least one)."""
+    n = max(int(np.ceil((hi - lo) / spacing)), 1)
+    return lo + (np.arange(n) + 0.5) * (hi - lo) / n
+
+
+def _plane(u: np.ndarray, v: np.ndarray, origin, axis_u, axis_v, normal) -> tuple[np.ndarray, np.ndarray]:
+    uu, vv = (g.ravel() for g in np.meshgrid(u, v))
+    pts = np.asarray(origin) + uu[:, None] * np.asarray(axis_u) + vv[:, None] * np.asarray(axis_v)
+    return pts, np.broadcast_to(np.asarray(normal, dtype=np.float64), pts.shape)
+
+
+def _surface_samples(obj: dict, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points and outward normals on an object's surface, about `spacing` apart (no bottom: it rests on the floor)."""
+    c = np.asarray(obj["center"], dtype=np.float64)
+    sx, sy, sz = obj["size"]
+    parts = []
+    if obj["shape"] == "box":
+        ex, ey, ez = sx / 2, sy / 2, sz / 2
+        gx, gy, gz = _grid(-ex, ex, spacing), _grid(-ey, ey, spacing), _grid(-ez, ez, spacing)
+        for sign in (-1.0, 1.0):
+            parts.append(_plane(gy, gz, [sign * ex, 0, 0], [0, 1, 0], [0, 0, 1], [sign, 0, 0]))
+            parts.append(_plane(gx, gz, [0, sign * ey, 0], [1, 0, 0], [0, 0, 1], [0, sign, 0]))
+        parts.append(_plane(gx, gy, [0, 0, ez], [1, 0, 0], [0, 1, 0], [0, 0, 1]))
+        pts, nrm = (np.concatenate(x) for x in zip(*parts))
+        c_, s_ = np.cos(obj["yaw"]), np.sin(obj["yaw"])
+        rot = np.array([[c_, -s_, 0], [s_, c_, 0], [0, 0, 1]])  # local -> world
+        return c + pts @ rot.T, nrm @ rot.T
+    if obj["shape"] == "cylinder":
+        r = sx / 2
+        angles = _grid(0, 2 * np.pi, spacing / r)
+        a, z = (g.ravel() for g in np.meshgrid(angles, _grid(-sz / 2, sz / 2, spacing)))
+        side_n = np.stack([np.cos(a), np.sin(a), np.zeros_like(a)], 1)
+        side = np.stack([r * np.cos(a), r * np.sin(a), z], 1)
+        top, top_n = _plane(_grid(-r, r, spacing), _grid(-r, r, spacing), [0, 0, sz / 2], [1, 0, 0], [0, 1, 0],
+                            [0, 0, 1])  # fmt: skip
+        inside = np.hypot(top[:, 0], top[:, 1]) <= r
+        return c + np.concatenate([side, top[inside]]), np.concatenate([side_n, top_n[inside]])
+    r = sx / 2  # sphere: a Fibonacci lattice, evenly spread without a random draw
+    n = max(int(np.ceil(4 * np.pi * r * r / spacing**2)), 8)
+    k = np.arange(n) + 0.5
+    z = 1 - 2 * k / n
+    phi = np.pi * (1 + 5**0.5) * k
+    rho = np.sqrt(1 - z * z)
+    nrm = np.stack([rho * np.cos(phi), rho * np.sin(phi), z], 1)
+    return c + r * nrm, nrm
+
+
+def _room_samples(room: dict, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Floor, ceiling and the four walls, normals pointing into the room."""
+    half, height = room["half_extent"], room["height"]
+    g, gz = _grid(-half, half, spacing), _grid(0, height, spacing)
+    parts = [
+        _plane(g, g, [0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]),
+        _plane(g, g, [0, 0, height], [1, 0, 0], [0, 1, 0], [0, 0, -1]),
+    ]
+    for sign in (-1.0, 1.0):
+        parts.append(_plane(g, gz, [sign * half, 0, 0], [0, 1, 0], [0, 0, 1], [-sign, 0, 0]))
+        parts.append(_plane(g, gz, [0, sign * half, 0], [1, 0, 0], [0, 0, 1], [0, -sign, 0]))
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def scene_points(scene: dict, spacing: float = 0.04, depth_tolerance: float = 0.03) -> dict:
+    """The scene's surfaces as a point cloud with instance ids, keeping only what some frame of `scene` sees.
+
+    `scene` is what `render_scene` returns. Surfaces are sampled on regular grids about `spacing` metres apart (no
+    random draw: the same scene gives the same points); a point is kept when it projects into a frame with a depth
+    within `depth_tolerance` (+1 % of the depth) of the rendered depth there, as a reconstruction from these frames
+    would keep it (so the floor under an object and most of the ceiling are absent). Returns::
+
+        points   (N, 3) float32 world coordinates
+        normals  (N, 3) float32 unit normals (outwards from objects, into the room for walls and floor)
+        colors   (N, 3) uint8, the pixel of the first frame that sees the point
+        instance (N,) int64 object id, 0 = room (floor, walls, ceiling)
+    """
+    if spacing <= 0:
+        raise ValueError(f"spacing must be > 0 metres, got {spacing}")
+    pts, nrm = _room_samples(scene["meta"]["room"], spacing)
+    chunks, ids = [(pts, nrm)], [np.zeros(len(pts), np.int64)]
+    for obj in scene["objects"]:
+        p, n = _surface_samples(obj, spacing)
+        chunks.append((p, n))
+        ids.append(np.full(len(p), obj["id"], np.int64))
+    pts, nrm = (np.concatenate(x) for x in zip(*chunks))
+    ids = np.concatenate(ids)
+    K, (h, w) = scene["K"], scene["depth"].shape[1:]
+    colors = np.zeros((len(pts), 3), np.uint8)
+    seen = np.zeros(len(pts), bool)
+    for t, pose in enumerate(scene["poses"]):
+        cam = (pts - pose[:3, 3]) @ pose[:3, :3]
+        z = cam[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.round(K[0, 0] * cam[:, 0] / z + K[0, 2])
+            v = np.round(K[1, 1] * cam[:, 1] / z + K[1, 2])
+        ok = (z > 1e-3) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        idx = np.flatnonzero(ok)
+        ui, vi = u[idx].astype(np.int64), v[idx].astype(np.int64)
+        agree = np.abs(z[idx] - scene["depth"][t][vi, ui]) <= depth_tolerance + 0.01 * z[idx]
+        new = idx[agree & ~seen[idx]]
+        colors[new] = scene["rgb"][t][v[new].astype(np.int64), u[new].astype(np.int64)]
+        seen[idx[agree]] = True
+    return {
+        "points": pts[seen].astype(np.float32),
+        "normals": nrm[seen].astype(np.float32),
+        "colors": colors[seen],
+        "instance": ids[seen],
+    }
+
+
+def write_scene_points(path, points: dict) -> pathlib.Path:
+    """`scene_points` output as a binary PLY: x y z nx ny nz red green blue instance."""
+    from threeam_model.data.ply import write_ply
+
+    p, n, c = points["points"], points["normals"], points["colors"]
+    return write_ply(
+        path,
+        {"x": p[:, 0], "y": p[:, 1], "z": p[:, 2], "nx": n[:, 0], "ny": n[:, 1], "nz": n[:, 2],
+         "red": c[:, 0], "green": c[:, 1], "blue": c[:, 2], "instance": points["instance"].astype(np.int32)},
+    )  # fmt: skip
+
+
 def generate_scene(
     out_dir,
     seed: int = 0,
@@ -386,8 +521,12 @@ def generate_scene(
     lookalike: bool = False,
     hfov_deg: float = 70.0,
     pan_deg: float = 60.0,
+    with_points: bool = False,
+    point_spacing: float = 0.04,
 ) -> pathlib.Path:
-    """Render a scene and write it to `out_dir` in the layout of the module docstring; returns the path."""
+    """Render a scene and write it to `out_dir` in the layout of the module docstring; returns the path.
+
+    with_points: also write `points.ply`, the scene's surface points with instance ids (`scene_points`)."""
     import cv2
 
     scene = render_scene(seed, num_frames, width, height, num_objects, lookalike, hfov_deg, pan_deg)
@@ -404,6 +543,8 @@ def generate_scene(
     np.savetxt(out / "poses.txt", scene["poses"].reshape(num_frames, 16), fmt="%.10f")
     meta = dict(scene["meta"], objects=scene["objects"])
     (out / "scene.json").write_text(json.dumps(meta, indent=1))
+    if with_points:
+        write_scene_points(out / POINTS_FILE, scene_points(scene, point_spacing))
     return out
 
 
