@@ -52,7 +52,7 @@ class TrackerConfig:
     must3r_max_keyframes: int = 32  # MUSt3R memory cap (images)
     batch_objects: bool = True  # objects with one memory layout in one batch (False: the official per-object step)
     compile: bool = False  # torch.compile the image encoder (and 3AM's merger); CUDA graphs on CUDA
-    memory_policy: str = "sam2"  # per-object memory: sam2 (official), dam4sam (threeam_model.streaming.policies)
+    memory_policy: str = "sam2"  # per-object memory: sam2 (official), dam4sam, sam2long (streaming.policies)
     memory_policy_args: dict = dataclasses.field(default_factory=dict)  # hyperparameters of that policy
     tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)
     seed: int = 0  # seed of random weights

@@ -123,9 +123,9 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "tracker.memory_policy",
         "sam2",
-        "Per-object memory selection: sam2 (the official rule) or dam4sam (distractor-aware memory, with its "
-        "published hyperparameters and input resize).",
-        choices=("sam2", "dam4sam"),
+        "Per-object memory selection: sam2 (the official rule), dam4sam (distractor-aware memory) or sam2long "
+        "(memory tree of 3 pathways; its authors' code is CC BY-NC 4.0), at their published hyperparameters.",
+        choices=("sam2", "dam4sam", "sam2long"),
     ),
     Param(
         "tracker.batch_objects",

@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     m.add_argument("--seed", type=int, default=0, help="seed of random weights")
-    m.add_argument("--memory-policy", default="sam2", help="per-object memory: sam2 (default) or dam4sam (Table 6)")
+    m.add_argument(
+        "--memory-policy", default="sam2", help="per-object memory: sam2 (default), dam4sam or sam2long (Table 6)"
+    )
     o = p.add_argument_group("output")
     o.add_argument("--no-boundary", action="store_true", help="skip DAVIS F (faster; J is always computed)")
     o.add_argument("--no-masks", action="store_true", help="do not write mask and label PNGs")

@@ -55,7 +55,14 @@ from threeam_model.interface import (
 )
 from threeam_model.streaming.batched import memory_tokens, step_objects
 from threeam_model.streaming.features import FeatureProvider, SamFeatures
-from threeam_model.streaming.memory import Admission, MemoryPolicy, ObjectMemory, Sam2Window, StepReport
+from threeam_model.streaming.memory import (
+    Admission,
+    MemoryPolicy,
+    ObjectMemory,
+    Sam2Window,
+    SteppingPolicy,
+    StepReport,
+)
 from threeam_model.streaming.results import compose_dense, compose_sparse, separable_upsampling_is_exact
 
 # Object pointers are positioned relative to the current frame only; an unbounded stream has no length.
@@ -211,15 +218,21 @@ class StreamingSAM2(Tracker):
                 self.memory_policy.prune(obj.memory, self._frame_idx)
             t = time.perf_counter()
             objs = list(self._objects.values())
-            outputs = self._step_all(objs)
-            for obj, out in zip(objs, outputs, strict=True):
-                candidates = out.pop("multimask_logits", None), out.pop("multimask_ious", None)
-                self.memory_policy.admit(obj.memory, self._frame_idx, out, is_cond=False)
-                obj.tracked_current = True
-                report = StepReport(self._frame_idx, self._image_size, out, *candidates)
-                if self.memory_policy.review(obj.memory, report) is Admission.CONDITIONING:
-                    # kept as a conditioning frame when tracking moves on, memory re-encoded as for a prompt
-                    obj.pending = _PendingPrompt(True, {**out, "maskmem_features": None, "maskmem_pos_enc": None})
+            policy = self.memory_policy
+            if isinstance(policy, SteppingPolicy):  # the policy steps and stores by itself
+                outputs = [policy.track_object(self.model, features, o.memory, self._frame_idx) for o in objs]
+                for obj in objs:
+                    obj.tracked_current = True
+            else:
+                outputs = self._step_all(objs)
+                for obj, out in zip(objs, outputs, strict=True):
+                    candidates = out.pop("multimask_logits", None), out.pop("multimask_ious", None)
+                    policy.admit(obj.memory, self._frame_idx, out, is_cond=False)
+                    obj.tracked_current = True
+                    report = StepReport(self._frame_idx, self._image_size, out, *candidates)
+                    if policy.review(obj.memory, report) is Admission.CONDITIONING:
+                        # a conditioning frame once tracking moves on, its memory re-encoded as for a prompt
+                        obj.pending = _PendingPrompt(True, {**out, "maskmem_features": None, "maskmem_pos_enc": None})
             timings["objects"] = time.perf_counter() - t
         t = time.perf_counter()
         labels, results = self._compose([o.obj_id for o in objs], outputs)

@@ -74,6 +74,17 @@ class StepReport:
 
 
 @runtime_checkable
+class SteppingPolicy(Protocol):
+    """A memory policy that runs an object's whole tracking step itself (SAM2Long: several pathways per object,
+    each with its own memory); the engine then only hands it the frame and reports what it returns. Its `admit`
+    still receives the object's committed prompts."""
+
+    def track_object(self, model, features, memory: ObjectMemory, frame_idx: int) -> dict:
+        """Track one object on the current frame; returns the output to report (pred_masks (1, 1, h, w),
+        object_score_logits (1, 1))."""
+
+
+@runtime_checkable
 class MemoryPolicy(Protocol):
     """What enters an object's memory, what leaves, and what memory attention reads (see the module docstring)."""
 
@@ -150,4 +161,4 @@ class Sam2Window:
         return {"cond_frame_outputs": cond, "non_cond_frame_outputs": memory.non_cond}
 
 
-__all__ = ["Admission", "MemoryPolicy", "ObjectMemory", "Sam2Window", "StepReport"]
+__all__ = ["Admission", "MemoryPolicy", "ObjectMemory", "Sam2Window", "StepReport", "SteppingPolicy"]
