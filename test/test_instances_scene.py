@@ -40,8 +40,16 @@ def test_points_lie_on_their_objects_and_are_seen(scene):
 
 def test_scene_points_are_written_only_on_request(tmp_path):
     plain = generate_scene(tmp_path / "plain", seed=5, num_frames=4, width=64, height=48, num_objects=3)
-    full = generate_scene(tmp_path / "full", seed=5, num_frames=4, width=64, height=48, num_objects=3,
-                          with_points=True, point_spacing=0.06)  # fmt: skip
+    full = generate_scene(
+        tmp_path / "full",
+        seed=5,
+        num_frames=4,
+        width=64,
+        height=48,
+        num_objects=3,
+        with_points=True,
+        point_spacing=0.06,
+    )
     assert not (plain / POINTS_FILE).exists()
     written = sorted(p.relative_to(plain) for p in plain.rglob("*") if p.is_file())
     assert all(filecmp.cmp(plain / f, full / f, shallow=False) for f in written)  # nothing else changes
@@ -57,8 +65,11 @@ def test_ply_round_trip_and_ascii(tmp_path):
     rng = np.random.default_rng(0)
     xyz = rng.normal(size=(7, 3)).astype(np.float32)
     faces = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6]])
-    path = write_ply(tmp_path / "m.ply", {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
-                                          "label": np.arange(7, dtype=np.int32)}, faces)  # fmt: skip
+    path = write_ply(
+        tmp_path / "m.ply",
+        {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "label": np.arange(7, dtype=np.int32)},
+        faces,
+    )
     vertex, f = read_ply(path)
     np.testing.assert_array_equal(vertex["y"], xyz[:, 1])
     np.testing.assert_array_equal(vertex["label"], np.arange(7))

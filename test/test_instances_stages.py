@@ -37,8 +37,14 @@ def _best_frame(sc, obj_id):
 
 
 def _lift(sc, pts, t, mask, erosion, check_depth=True, depth=None):
-    view = FrameView(pts["points"], sc["depth"][t] if depth is None else depth, sc["K"], sc["poses"][t],
-                     LiftParams(erosion_px=erosion), check_depth=check_depth)  # fmt: skip
+    view = FrameView(
+        pts["points"],
+        sc["depth"][t] if depth is None else depth,
+        sc["K"],
+        sc["poses"][t],
+        LiftParams(erosion_px=erosion),
+        check_depth=check_depth,
+    )
     return view.points_in(erode(mask, erosion))[0]
 
 
@@ -254,8 +260,9 @@ def test_sam2_automatic_mask_generator_runs_on_the_tiny_model():
     model = build_sam2(tiny=True)
     sc = render_scene(seed=1, num_frames=1, width=96, height=72, num_objects=3)
     # random weights: predicted IoUs and stabilities mean nothing, so nothing is filtered by them
-    gen = SamProposals(model, SamProposalParams(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                                                min_area=1))  # fmt: skip
+    gen = SamProposals(
+        model, SamProposalParams(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_area=1)
+    )
     props = gen(sc["rgb"][0])
     assert props, "the generator produced no mask"
     for p in props:

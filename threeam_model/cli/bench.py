@@ -5,6 +5,8 @@
     threeam-bench DATA_ROOT --layout scannetpp --obj-id-root OBJ_IDS -o OUT --stride 10
     threeam-bench REPLICA --layout replica --label-dir semantic_instance -o OUT
     threeam-bench --compare OUT_SAM2/summary.json OUT_3AM/summary.json   # one table for several runs
+    threeam-bench --task instances3d SCENES -o OUT --method 3am           # 3D instances (Table 5; its own options:
+                                                                          # threeam-bench --task instances3d -h)
 
 Writes OUT/<sequence>/result.json (per-object, per-frame numbers), masks/ and labels/ PNGs, OUT/summary.json,
 OUT/table.md (laid out like the paper's Table 2) and OUT/plots/. A rerun skips the sequences already done with
@@ -21,10 +23,13 @@ from threeam_model.eval.protocols import PROTOCOLS, SubsetRule
 from threeam_model.eval.sequences import LAYOUTS, Thinned, open_sequences
 
 PROG = "threeam-bench"
+TASKS = ("vos", "instances3d")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=TASKS, default="vos", help="vos (this benchmark, default) or instances3d "
+                   "(class-agnostic 3D instances, threeam_model.cli.instances)")  # fmt: skip
     p.add_argument("data", nargs="?", help="a sequence folder or a folder of sequences (see --layout)")
     p.add_argument("--layout", choices=LAYOUTS, default="davis", help="how DATA is laid out (default: %(default)s)")
     p.add_argument("-o", "--output", default="threeam_bench", help="output folder (default: %(default)s)")
@@ -128,6 +133,14 @@ def method_record(cfg, label: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=TASKS, default="vos")
+    known, rest = task.parse_known_args(argv)
+    if known.task == "instances3d":  # a different benchmark with its own options
+        from threeam_model.cli.instances import bench_main
+
+        return bench_main(rest)
     args = build_parser().parse_args(argv)
     try:
         return _run(args)

@@ -424,8 +424,9 @@ def _surface_samples(obj: dict, spacing: float) -> tuple[np.ndarray, np.ndarray]
         a, z = (g.ravel() for g in np.meshgrid(angles, _grid(-sz / 2, sz / 2, spacing)))
         side_n = np.stack([np.cos(a), np.sin(a), np.zeros_like(a)], 1)
         side = np.stack([r * np.cos(a), r * np.sin(a), z], 1)
-        top, top_n = _plane(_grid(-r, r, spacing), _grid(-r, r, spacing), [0, 0, sz / 2], [1, 0, 0], [0, 1, 0],
-                            [0, 0, 1])  # fmt: skip
+        top, top_n = _plane(
+            _grid(-r, r, spacing), _grid(-r, r, spacing), [0, 0, sz / 2], [1, 0, 0], [0, 1, 0], [0, 0, 1]
+        )
         inside = np.hypot(top[:, 0], top[:, 1]) <= r
         return c + np.concatenate([side, top[inside]]), np.concatenate([side_n, top_n[inside]])
     r = sx / 2  # sphere: a Fibonacci lattice, evenly spread without a random draw
@@ -506,9 +507,19 @@ def write_scene_points(path, points: dict) -> pathlib.Path:
     p, n, c = points["points"], points["normals"], points["colors"]
     return write_ply(
         path,
-        {"x": p[:, 0], "y": p[:, 1], "z": p[:, 2], "nx": n[:, 0], "ny": n[:, 1], "nz": n[:, 2],
-         "red": c[:, 0], "green": c[:, 1], "blue": c[:, 2], "instance": points["instance"].astype(np.int32)},
-    )  # fmt: skip
+        {
+            "x": p[:, 0],
+            "y": p[:, 1],
+            "z": p[:, 2],
+            "nx": n[:, 0],
+            "ny": n[:, 1],
+            "nz": n[:, 2],
+            "red": c[:, 0],
+            "green": c[:, 1],
+            "blue": c[:, 2],
+            "instance": points["instance"].astype(np.int32),
+        },
+    )
 
 
 def generate_scene(

@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import sys
 import types
+import warnings
 
 import numpy as np
 import torch
@@ -60,19 +61,24 @@ class SamProposals:
         self.params = params or SamProposalParams()
         p = self.params
         amg = _sam2_amg_module()
-        self.generator = amg.SAM2AutomaticMaskGenerator(
-            model,
-            points_per_side=p.points_per_side,
-            points_per_batch=p.points_per_batch,
-            pred_iou_thresh=p.pred_iou_thresh,
-            stability_score_thresh=p.stability_score_thresh,
-            box_nms_thresh=p.box_nms_thresh,
-            output_mode="binary_mask",
-        )
+        with warnings.catch_warnings():  # sam2's transforms use torch.jit.script, deprecated in this torch
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+            self.generator = amg.SAM2AutomaticMaskGenerator(
+                model,
+                points_per_side=p.points_per_side,
+                points_per_batch=p.points_per_batch,
+                pred_iou_thresh=p.pred_iou_thresh,
+                stability_score_thresh=p.stability_score_thresh,
+                box_nms_thresh=p.box_nms_thresh,
+                output_mode="binary_mask",
+            )
         size = int(model.image_size)
         # backbone strides 4, 8, 16 (the predictor hard-codes them for a 1024 px model)
-        self.generator.predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8),
-                                                   (size // 16, size // 16)]  # fmt: skip
+        self.generator.predictor._bb_feat_sizes = [
+            (size // 4, size // 4),
+            (size // 8, size // 8),
+            (size // 16, size // 16),
+        ]
 
     def __call__(self, rgb: np.ndarray, instance: np.ndarray | None = None) -> list[Proposal]:
         with torch.inference_mode(False), torch.no_grad():

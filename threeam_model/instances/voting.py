@@ -64,8 +64,9 @@ def vote(
     supported = ratio.copy()
     supported.data = (supported.data >= support_ratio).astype(np.float32)
     num_sp = int(superpoints.max()) + 1
-    member = sp.csr_matrix((np.ones(num_points, np.float32), (np.arange(num_points), superpoints)),
-                           shape=(num_points, num_sp))  # fmt: skip
+    member = sp.csr_matrix(
+        (np.ones(num_points, np.float32), (np.arange(num_points), superpoints)), shape=(num_points, num_sp)
+    )
     sp_votes = (votes @ member).toarray()  # (G, S)
     sp_covered = (supported @ member).toarray()
     observed = near.copy()

@@ -1,0 +1,102 @@
+"""One scene end to end: tracker and proposals for a method, superpoints, the pipeline, evaluation, outputs.
+
+Methods: a `TrackerConfig` (SAM 2 or 3AM, proposals from SAM 2's automatic mask generator on the tracker's own
+SAM2Base), or "oracle" (ground-truth masks as both the proposals and the propagated masks: an upper bound that
+checks the lifting, merging and voting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from threeam_model.data.frames import Frame, VideoSource
+from threeam_model.instances.evaluator import InstanceAP, SceneInstances, evaluate, masks_from_labels
+from threeam_model.instances.pipeline import InstancePipeline, InstanceResult, PipelineParams
+from threeam_model.instances.proposals import OracleProposals, SamProposalParams, SamProposals
+from threeam_model.instances.scenes import Scene3D
+from threeam_model.instances.superpoints import superpoints as graph_superpoints
+
+ORACLE = "oracle"
+
+
+class FrameSubset(VideoSource):
+    """Every `stride`-th frame of a source, at most `max_frames`, geometry kept."""
+
+    def __init__(self, source: VideoSource, stride: int = 1, max_frames: int | None = None):
+        if stride < 1 or (max_frames is not None and max_frames < 1):
+            raise ValueError(f"need stride >= 1 and max_frames >= 1, got {stride}, {max_frames}")
+        self.source, self.dataset = source, source.dataset
+        self.positions = list(range(0, len(source), stride))[:max_frames]
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def has_geometry(self) -> bool:
+        return self.source.has_geometry
+
+    def frame(self, index: int, with_rgb: bool = True) -> Frame:
+        i = self.check_index(index)
+        f = self.source.frame(self.positions[i], with_rgb=with_rgb)
+        return dataclasses.replace(f, index=i)
+
+
+def build_method(method, frames: VideoSource, proposal_params: SamProposalParams | None = None):
+    """(tracker, proposals) for "oracle" or a TrackerConfig."""
+    if method == ORACLE:
+        from threeam_model.reid.oracle import LossyOracleTracker
+
+        # lose_below=0: it never loses its object, and re-finds it whenever it is back in view
+        tracker = LossyOracleTracker(lambda i: frames.frame(i, with_rgb=False).instance, lose_below=0)
+        return tracker, OracleProposals()
+    from threeam_model.factory import build_tracker
+
+    tracker = build_tracker(method)
+    model = getattr(tracker, "model", None)
+    if model is None:
+        raise ValueError(f"{type(tracker).__name__} exposes no SAM 2 model for the automatic mask generator")
+    return tracker, SamProposals(model, proposal_params)
+
+
+def scene_superpoints(scene: Scene3D) -> np.ndarray:
+    """The dataset's superpoints, else a graph segmentation of the mesh or point cloud."""
+    if scene.superpoints is not None:
+        return scene.superpoints
+    return graph_superpoints(scene.points, scene.normals, scene.faces)
+
+
+@dataclasses.dataclass
+class SceneRun:
+    result: InstanceResult
+    evaluation: InstanceAP | None
+    scene_instances: SceneInstances | None  # for pooling over scenes
+    seconds: float
+    frames: int
+
+
+def segment_scene(scene: Scene3D, tracker, proposals, params: PipelineParams | None = None, frame_stride: int = 1,
+                  max_frames: int | None = None, progress=None) -> SceneRun:  # fmt: skip
+    """Run the pipeline over a scene's frames (thinned), then evaluate against its ground truth if it has one."""
+    t0 = time.perf_counter()
+    spx = scene_superpoints(scene)
+    t_superpoints = time.perf_counter() - t0
+    frames = FrameSubset(scene.frames, frame_stride, max_frames)
+    pipe = InstancePipeline(tracker, proposals, scene.points, spx, params)
+    result = pipe.run(frames, progress)
+    result.stats["seconds"]["superpoints"] = t_superpoints
+    evaluation = scene_instances = None
+    if scene.gt is not None:
+        masks, scores = masks_from_labels(result.labels, result.scores)
+        scene_instances = SceneInstances(scene.gt, masks, scores, scene.name)
+        evaluation = evaluate([scene_instances])
+    return SceneRun(result, evaluation, scene_instances, time.perf_counter() - t0, len(frames))
+
+
+__all__ = ["ORACLE", "FrameSubset", "SceneRun", "build_method", "scene_superpoints", "segment_scene"]
