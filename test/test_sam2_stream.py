@@ -375,7 +375,7 @@ def test_constructor_checks():
 def test_compiled_image_encoder_agrees_with_eager(model):
     """compile=True (torch.compile of the image encoder, static shapes) tracks like eager on a CPU."""
     eager, compiled = StreamingSAM2(model), StreamingSAM2(model, compile=True)
-    assert compiled.compile and compiled._image_encoder is not model.image_encoder
+    assert compiled.compile and compiled.steps._image_encoder is not model.image_encoder
     for i, frame in enumerate(moving_frames(4)):
         for t in (eager, compiled):
             t.result = t.track(frame)

@@ -53,7 +53,8 @@ from threeam_model.interface import (
     check_obj_id,
     check_prompt,
 )
-from threeam_model.streaming.batched import memory_tokens, step_objects
+from threeam_model.streaming.backend import TorchSteps
+from threeam_model.streaming.batched import memory_tokens
 from threeam_model.streaming.features import FeatureProvider, SamFeatures
 from threeam_model.streaming.memory import (
     Admission,
@@ -118,6 +119,8 @@ class StreamingSAM2(Tracker):
         tensor operations, for GPUs), "auto" (sparse on a CPU for frame sizes where it equals torch's upsampling bit
         for bit, else dense).
     resize: how frames are resized to the model input, one of RESIZE_MODES (the official loader's by default).
+    steps: where the per-frame modules run: None = `backend.TorchSteps(model, compile)`, or e.g.
+        `threeam_model.export.runtime.OnnxSteps` (ONNX Runtime); prompts always run in PyTorch.
     compile: run the image encoder through torch.compile (static shapes; on CUDA with CUDA-graph capture), and
         ask the feature provider to do the same with its per-frame modules; the first frame of a stream compiles.
     """
@@ -136,6 +139,7 @@ class StreamingSAM2(Tracker):
         compose: str = "auto",
         compile: bool = False,
         resize: str = "pil",
+        steps=None,
     ):
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
@@ -162,12 +166,9 @@ class StreamingSAM2(Tracker):
         self.correction_as_cond = bool(correction_as_cond)
         self.compose = compose
         self.compile = bool(compile)
-        self._image_encoder = model.image_encoder
+        self.steps = TorchSteps(model, compile) if steps is None else steps
         if self.compile:
-            # CUDA graphs replay into fixed buffers: the engine copies the encoder outputs out (see _encode_frame)
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._image_encoder = torch.compile(model.image_encoder, dynamic=False, mode=mode)
-            self.features.compile(mode)
+            self.features.compile("reduce-overhead" if self.device.type == "cuda" else None)
         self._img_mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
         self._img_std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
         self.reset()
@@ -329,21 +330,9 @@ class StreamingSAM2(Tracker):
         image = (image - self._img_mean.to(image.device)) / self._img_std.to(image.device)
         return image.to(self.device).unsqueeze(0)
 
-    def _forward_image(self, image: torch.Tensor) -> dict:
-        """`SAM2Base.forward_image`, through the compiled image encoder when `compile` is on."""
-        out = self._image_encoder(image)
-        if self.compile and self.device.type == "cuda":  # replayed graphs overwrite their outputs on the next frame
-            out = {k: [x.clone() for x in v] if isinstance(v, list) else v.clone() for k, v in out.items()}
-        model = self.model
-        if model.use_high_res_features_in_sam:
-            # precomputed once per frame for every click, as SAM2Base.forward_image does
-            out["backbone_fpn"][0] = model.sam_mask_decoder.conv_s0(out["backbone_fpn"][0])
-            out["backbone_fpn"][1] = model.sam_mask_decoder.conv_s1(out["backbone_fpn"][1])
-        return out
-
     def _encode_frame(self, frame: np.ndarray, geometry: CameraGeometry | None, timings: dict):
         t = time.perf_counter()
-        backbone_out = self._forward_image(self._preprocess(frame))
+        backbone_out = self.steps.forward_image(self._preprocess(frame))
         t1 = time.perf_counter()
         provided = self.features(backbone_out, frame, geometry)
         timings["image_encoder"] = t1 - t
@@ -407,12 +396,12 @@ class StreamingSAM2(Tracker):
 
     def _step_batched(self, tokens: list) -> list[dict]:
         """Tracking steps of objects given their memory tokens, one batch per memory layout."""
-        groups: dict[tuple, list[int]] = {}
+        groups: dict = {}
         for i, tok in enumerate(tokens):
-            groups.setdefault(tok.layout, []).append(i)
+            groups.setdefault(self.steps.group_key(tok), []).append(i)
         outputs: list[dict | None] = [None] * len(tokens)
         for members in groups.values():
-            out = step_objects(self.model, self._features, [tokens[i] for i in members], self.pad_objects_to)
+            out = self.steps.step(self._features, [tokens[i] for i in members], self.pad_objects_to)
             pos_enc = self._shared_pos_enc(out["maskmem_pos_enc"])
             memory = out["maskmem_features"].to(torch.bfloat16)
             for k, i in enumerate(members):
@@ -446,13 +435,8 @@ class StreamingSAM2(Tracker):
             out = pending.output
             if out["maskmem_features"] is None:
                 high_res = F.interpolate(out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False)
-                vision_feats, _, feat_sizes = self._features
-                maskmem, pos_enc = self.model._encode_new_memory(
-                    current_vision_feats=vision_feats,
-                    feat_sizes=feat_sizes,
-                    pred_masks_high_res=high_res,
-                    object_score_logits=out["object_score_logits"],
-                    is_mask_from_pts=True,
+                maskmem, pos_enc = self.steps.encode_memory(
+                    self._features, high_res, out["object_score_logits"], is_mask_from_pts=True
                 )
                 out["maskmem_features"] = maskmem.to(torch.bfloat16)
                 out["maskmem_pos_enc"] = self._shared_pos_enc(pos_enc)
