@@ -1,0 +1,225 @@
+"""One tracking session: the tracker, the locks around it, the newest frame's snapshot and the stream-size policy.
+
+Imports no ROS, so its prompt, reset and size-change rules are tested without DDS. The node makes a session at
+configure and drops it at cleanup; it converts messages, calls the session and publishes what comes back.
+
+Locks: `_tracker_lock` serialises every tracker call (a prompt never interleaves with a frame); `_state_lock` guards
+only the snapshot, is never held during inference and is always taken inside `_tracker_lock`, never around it, so
+`snapshot()` answers while a frame is in the model.
+
+Size policy: a frame whose size differs from the stream's resets all objects and memory before it is tracked
+(prompts are pixel positions of the old size, so resizing the new frame to the old size would track garbage).
+
+Faults: an exception from the model (not a FrameError about the frame's own content) costs that frame: the snapshot
+keeps the previous frame's objects, the fault is counted as consecutive until a frame succeeds, and the caller decides
+when too many in a row mean the model is broken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+
+from threeam_model.interface import (
+    CameraGeometry,
+    FrameError,
+    FrameResult,
+    ObjectResult,
+    PromptError,
+    Tracker,
+    check_obj_id,
+)
+
+
+class NoFrameError(PromptError):
+    """A prompt before any frame was tracked (or since the last reset)."""
+
+
+class StaleFrameError(PromptError):
+    """A prompt for a frame other than the newest: only the newest frame is in the tracker's memory."""
+
+    def __init__(self, requested: Hashable, newest: Hashable):
+        super().__init__(f"frame {requested} is not in memory: only the newest frame ({newest}) is kept")
+        self.requested, self.newest = requested, newest
+
+
+class ModelFault(RuntimeError):
+    """The model raised on a frame (anything but a FrameError); `cause` is the original exception."""
+
+    def __init__(self, cause: BaseException, consecutive: int):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause, self.consecutive = cause, consecutive
+
+    @property
+    def out_of_memory(self) -> bool:
+        return _is_out_of_memory(self.cause)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The newest tracked frame as the caller handed it in, its RGB pixels (None before the first frame and after a
+    reset) and every object's newest state."""
+
+    frame: Any
+    rgb: np.ndarray | None
+    objects: dict[int, ObjectResult]
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptOutcome:
+    result: ObjectResult
+    is_new: bool  # the prompt started a track (False: it refined one)
+    frame: Any  # the frame it was applied to
+
+
+# (frame token, rgb, objects, label image) -> None; called under the tracker lock so its output cannot overtake the
+# next frame's
+PublishFn = Callable[[Any, np.ndarray, dict[int, ObjectResult], np.ndarray], None]
+
+
+class TrackingSession:
+    def __init__(
+        self,
+        tracker: Tracker,
+        frame_key: Callable[[Any], Hashable] = lambda frame: frame,
+        on_size_change: Callable[[tuple[int, int], tuple[int, int]], None] | None = None,
+    ):
+        """frame_key: what identifies a frame token for `prompt(frame_key=...)` (the node: its stamp);
+        on_size_change(old (H, W), new (H, W)): told after a size change reset the stream, under the tracker lock."""
+        self._tracker: Tracker | None = tracker
+        self._frame_key = frame_key
+        self._on_size_change = on_size_change
+        self._tracker_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._snapshot = Snapshot(None, None, {})
+        self._stream_size: tuple[int, int] | None = None
+        self.consecutive_faults = 0
+
+    # ------------------------------------------------------------------------------------------ frames
+
+    def track(self, rgb: np.ndarray, geometry: CameraGeometry | None = None, frame: Any = None):
+        """Track one (H, W, 3) uint8 RGB frame -> (FrameResult, (H, W) uint16 label image).
+
+        Raises FrameError for a frame the tracker refuses (nothing changed) and ModelFault when the model fails
+        (the snapshot keeps the previous frame's objects)."""
+        with self._tracker_lock:
+            tracker = self._live_tracker()
+            size = (int(rgb.shape[0]), int(rgb.shape[1]))
+            if self._stream_size is not None and size != self._stream_size:
+                old = self._stream_size
+                self._reset_locked()
+                if self._on_size_change is not None:
+                    self._on_size_change(old, size)
+            try:
+                result = tracker.track(rgb, geometry=geometry)
+                labels = result.label_image(np.uint16)
+            except FrameError:
+                raise
+            except Exception as exc:
+                self.consecutive_faults += 1
+                if _is_out_of_memory(exc):
+                    _release_cached_gpu_memory()
+                raise ModelFault(exc, self.consecutive_faults) from exc
+            self.consecutive_faults = 0
+            self._stream_size = size
+            with self._state_lock:
+                self._snapshot = Snapshot(frame, rgb, dict(result.objects))
+        return result, labels
+
+    # ------------------------------------------------------------------------------------------ objects
+
+    def prompt(
+        self,
+        obj_id: int,
+        points=None,
+        labels=None,
+        box=None,
+        mask=None,
+        frame_key: Hashable | None = None,
+        publish: PublishFn | None = None,
+    ) -> PromptOutcome:
+        """Prompt `obj_id` on the newest frame (a new id starts a track, a known one is refined).
+
+        frame_key: the frame the caller means (None: the newest); another one raises StaleFrameError. publish:
+        called with the prompted frame's outputs (the new mask included) before the next frame can be tracked.
+        The tracker refuses bad prompts, unknown ids and ids beyond its cap with PromptError."""
+        obj_id = check_obj_id(obj_id)
+        with self._tracker_lock:
+            tracker = self._live_tracker()
+            newest = self._snapshot.frame
+            if self._snapshot.rgb is None:
+                raise NoFrameError("no frame tracked yet (or since the last reset)")
+            if frame_key is not None and frame_key != self._frame_key(newest):
+                raise StaleFrameError(frame_key, self._frame_key(newest))
+            is_new = obj_id not in tracker.object_ids
+            result = tracker.add_prompt(obj_id, points=points, labels=labels, box=box, mask=mask)
+            with self._state_lock:
+                objects = {**self._snapshot.objects, obj_id: result}
+                self._snapshot = dataclasses.replace(self._snapshot, objects=objects)
+            if publish is not None:
+                rgb = self._snapshot.rgb
+                label_image = FrameResult(tracker.frame_index, rgb.shape[:2], objects).label_image(np.uint16)
+                publish(newest, rgb, objects, label_image)
+        return PromptOutcome(result, is_new, newest)
+
+    def remove(self, obj_id: int) -> list[int]:
+        """Forget one object (PromptError from the tracker for an unknown id); returns the ids still tracked."""
+        obj_id = check_obj_id(obj_id)
+        with self._tracker_lock:
+            tracker = self._live_tracker()
+            tracker.remove_object(obj_id)
+            with self._state_lock:
+                objects = {i: o for i, o in self._snapshot.objects.items() if i != obj_id}
+                self._snapshot = dataclasses.replace(self._snapshot, objects=objects)
+            return tracker.object_ids
+
+    def reset(self) -> int:
+        """Forget every object and all memory; the next frame starts a new stream. Returns how many were forgotten."""
+        with self._tracker_lock:
+            n = len(self._live_tracker().object_ids)
+            self._reset_locked()
+        return n
+
+    def snapshot(self) -> Snapshot:
+        """The newest frame and objects, without waiting for a frame in the model."""
+        with self._state_lock:
+            return self._snapshot
+
+    # ------------------------------------------------------------------------------------------ lifetime
+
+    def release(self) -> None:
+        """Drop the tracker (and with it the model); later calls raise RuntimeError. Waits for a call in flight."""
+        with self._tracker_lock:
+            self._tracker = None
+            self._stream_size = None
+            with self._state_lock:
+                self._snapshot = Snapshot(None, None, {})
+
+    def _live_tracker(self) -> Tracker:
+        if self._tracker is None:
+            raise RuntimeError("the tracking session was released")
+        return self._tracker
+
+    def _reset_locked(self) -> None:
+        self._live_tracker().reset()
+        self._stream_size = None
+        with self._state_lock:
+            self._snapshot = Snapshot(None, None, {})
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def _release_cached_gpu_memory() -> None:
+    # after an out-of-memory error the allocator still holds the blocks of the failed step; the next frame needs them
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
