@@ -25,6 +25,7 @@ setup(
             "tracker_node = threeam_ros.tracker_node:main",
             "threeam-track = threeam_model.cli.track:main",
             "threeam-bench = threeam_model.cli.bench:main",
+            "threeam-export = threeam_model.cli.export:main",
             "threeam-instances = threeam_model.cli.instances:main",
             "threeam-train = threeam_model.cli.train:main",
             "threeam-download-weights = threeam_model.weights:main",

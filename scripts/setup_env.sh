@@ -55,6 +55,17 @@ if [ "${1:-}" = "--colcon" ]; then
   exit 0
 fi
 
+# Optional extras (requirements/extras/: ONNX export and runtime), keyed by their own hash.
+extras_hash=$(cat "$repo"/requirements/extras/*.txt | sha256sum | cut -c1-16)
+if [ ! -f "$venv/.extras-$extras_hash" ]; then
+  log "installing the optional extras (requirements/extras)"
+  for req in "$repo"/requirements/extras/*.txt; do
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+  done
+  rm -f "$venv"/.extras-*
+  touch "$venv/.extras-$extras_hash"
+fi
+
 # threeam_interfaces: ament_cmake package, built with the venv's rosidl generators and installed into the venv prefix.
 iface_hash=$(find "$repo/threeam_interfaces" -type f | sort | xargs cat | sha256sum | cut -c1-16)
 if [ ! -f "$venv/.interfaces-$iface_hash" ]; then

@@ -21,6 +21,7 @@ from threeam_model.interface import Tracker
 METHODS = ("sam2", "3am")
 REID_SOURCES = ("off", "rgbd", "must3r")  # geometric re-identification: off, depth + pose, or RGB-only MUSt3R
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BACKENDS = ("torch", "onnxruntime")
 # Accepted spellings of the SAM 2.1 backbone sizes -> sam2_build's variant keys.
 VARIANT_ALIASES = {
     "t": "t", "tiny": "t", "hiera_t": "t",
@@ -54,6 +55,9 @@ class TrackerConfig:
     compile: bool = False  # torch.compile the image encoder (and 3AM's merger); CUDA graphs on CUDA
     memory_policy: str = "sam2"  # per-object memory: sam2 (official), dam4sam, sam2long (streaming.policies)
     memory_policy_args: dict = dataclasses.field(default_factory=dict)  # hyperparameters of that policy
+    backend: str = "torch"  # per-frame modules: torch, or onnxruntime (threeam-export's files in onnx_dir)
+    onnx_dir: str | None = None  # folder written by threeam-export (backend onnxruntime)
+    onnx_providers: tuple[str, ...] = ("cpu",)  # ONNX Runtime execution providers: cpu, cuda, tensorrt
     tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)
     seed: int = 0  # seed of random weights
     reid: str = "off"  # geometric re-id (threeam_model.reid): "off", "rgbd" (the caller, e.g. the ROS node, passes
@@ -77,6 +81,12 @@ class TrackerConfig:
             raise ValueError(f"reid_depth_scale must be > 0 metres per unit, got {self.reid_depth_scale}")
         from threeam_model.streaming.policies import MEMORY_POLICIES
 
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "onnxruntime" and not self.onnx_dir:
+            raise ValueError("backend onnxruntime needs onnx_dir: the folder threeam-export wrote")
+        self.onnx_providers = tuple(self.onnx_providers)
+
         if self.memory_policy not in MEMORY_POLICIES:
             raise ValueError(f"memory_policy must be one of {MEMORY_POLICIES}, got {self.memory_policy!r}")
         if self.dtype not in DTYPES:
@@ -92,9 +102,10 @@ class TrackerConfig:
 
     @property
     def torch_device(self) -> torch.device:
+        """The device to build on; ValueError (not torch's AssertionError deep in a build) when it is unusable."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return usable_device(self.device)
 
     def describe(self) -> str:
         reid = "" if self.reid == "off" else f" + geometric re-id ({self.reid})"
@@ -105,6 +116,24 @@ class TrackerConfig:
             what = f"3AM: {what} + MUSt3R-{self.must3r}"
             what += f" + merger {'from ' + str(self.threeam_checkpoint) if self.threeam_checkpoint else '(untrained)'}"
         return what + reid
+
+
+def usable_device(name: str) -> torch.device:
+    """torch.device(name) if this torch and machine can run on it, else ValueError saying why and what to use."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device {name!r} is not usable: {why} (torch {torch.__version__}); use cpu or auto")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} is not usable: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
 
 
 def resolve_weights(cfg: TrackerConfig) -> tuple[TrackerConfig, list[str]]:
@@ -265,7 +294,13 @@ def _stream_options(cfg: TrackerConfig, sam2_model) -> dict:
     """Keyword arguments of StreamingSAM2 shared by both methods (the memory policy with its input pipeline)."""
     from threeam_model.streaming.policies import policy_options
 
+    steps = None
+    if cfg.backend == "onnxruntime":
+        from threeam_model.export.runtime import OnnxSteps
+
+        steps = OnnxSteps(cfg.onnx_dir, sam2_model, cfg.onnx_providers)
     return dict(
+        steps=steps,
         max_objects=cfg.max_objects,
         max_cond_frames=cfg.max_conditioning_frames,
         dtype=DTYPES[cfg.dtype],
@@ -285,5 +320,6 @@ __all__ = [
     "merger_config_for",
     "must3r_stream",
     "resolve_weights",
+    "usable_device",
     "with_reid",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 
 from threeam_model.data.readers.mose import davis_palette, read_annotation, write_annotation
 from threeam_model.data.video import write_mp4
+from threeam_model.export.onnx_export import ExportError
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
 from threeam_model.interface import FrameResult, PromptError, TrackerInputError
 from threeam_model.streaming.policies import MEMORY_POLICIES
@@ -380,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--compile", action="store_true", help="torch.compile the image encoder (+ merger); CUDA graphs")
     m.add_argument("--per-object", action="store_true", help="official per-object step instead of batched objects")
     m.add_argument("--memory-policy", choices=MEMORY_POLICIES, default="sam2", help="per-object memory (default: sam2)")
+    m.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help="per-frame modules' runtime")
+    m.add_argument("--onnx", help="folder written by threeam-export (with --backend onnxruntime)")
+    m.add_argument("--onnx-providers", default="cpu", help="ONNX Runtime providers, comma list of cpu, cuda, tensorrt")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     o = p.add_argument_group("output")
     o.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
@@ -402,7 +406,8 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
     must3r = args.must3r or ("224" if args.demo else "512")
     common = dict(method=args.method, device=args.device, dtype=args.dtype, max_objects=args.max_objects,
                   seed=args.seed, compile=args.compile, batch_objects=not args.per_object,
-                  memory_policy=args.memory_policy)  # fmt: skip
+                  memory_policy=args.memory_policy, backend=args.backend, onnx_dir=args.onnx,
+                  onnx_providers=tuple(args.onnx_providers.split(",")))  # fmt: skip
     if args.tiny:
         return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]
     sam2_ckpt = None if args.random_weights else args.sam2_checkpoint
@@ -436,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with torch.no_grad():  # scoped: main() may run inside another program (tests) that needs autograd
             return _run(args)
-    except (TrackerInputError, FileNotFoundError, ValueError) as exc:
+    except (TrackerInputError, FileNotFoundError, ValueError, ExportError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
