@@ -52,12 +52,13 @@ def test_oracle_run_writes_consistent_files_and_scores(scenes, tmp_path, capsys)
     assert "AP50" in capsys.readouterr().out
 
 
-def test_tiny_tracker_with_sam2_proposals_end_to_end(scenes, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["3am", "sam2"])
+def test_tiny_tracker_with_sam2_proposals_end_to_end(scenes, tmp_path, capsys, method):
     out = tmp_path / "tiny"
     args = [
         str(scenes / "scene1"),
         "--method",
-        "3am",
+        method,
         "--tiny",
         "--device",
         "cpu",

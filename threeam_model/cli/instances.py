@@ -64,6 +64,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     m.add_argument("--seed", type=int, default=0, help="seed of random weights")
     m.add_argument("--max-tracks", type=int, default=32, help="tracks alive at once (the tracker's max objects)")
+    m.add_argument(
+        "--proposals",
+        choices=("sam2", "oracle"),
+        default="sam2",
+        help="sam2: SAM 2's automatic mask generator (default); oracle: the ground-truth masks prompt the "
+        "tracker (to test or time it on every object)",
+    )
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -209,7 +216,7 @@ def _segment(scene, method, args):
 
     with torch.inference_mode():
         tracker, proposals = build_method(
-            method, _frames_for(scene, args), proposal_params(args, _random(method, args))
+            method, _frames_for(scene, args), proposal_params(args, _random(method, args)), args.proposals
         )
         progress = None if args.quiet else _progress(scene.name)
         run = segment_scene(
@@ -234,9 +241,14 @@ def _progress(name: str):
 
 
 def _record(method_rec: dict, args, run) -> dict:
-    rec = {"method": method_rec, "data": {"layout": args.layout, "frame_stride": args.frame_stride,
-           "max_frames": args.max_frames, "frames": run.frames},
-           "params": dataclasses.asdict(pipeline_params(args)), "seconds": run.seconds}  # fmt: skip
+    rec = {
+        "method": method_rec,
+        "proposals": "oracle" if args.method == "oracle" else args.proposals,
+        "data": {"layout": args.layout, "frame_stride": args.frame_stride, "max_frames": args.max_frames,
+                 "frames": run.frames},
+        "params": dataclasses.asdict(pipeline_params(args)),
+        "seconds": run.seconds,
+    }  # fmt: skip
     if run.evaluation is not None:
         rec["evaluation"] = run.evaluation.as_dict()
     return rec

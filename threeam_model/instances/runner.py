@@ -48,8 +48,16 @@ class FrameSubset(VideoSource):
         return dataclasses.replace(f, index=i)
 
 
-def build_method(method, frames: VideoSource, proposal_params: SamProposalParams | None = None):
-    """(tracker, proposals) for "oracle" or a TrackerConfig."""
+PROPOSAL_SOURCES = ("sam2", ORACLE)
+
+
+def build_method(
+    method, frames: VideoSource, proposal_params: SamProposalParams | None = None, proposal_source: str = "sam2"
+):
+    """(tracker, proposals) for "oracle" or a TrackerConfig; proposal_source "oracle" prompts a real tracker with
+    the ground-truth masks (to time or test the tracker on every object of a scene)."""
+    if proposal_source not in PROPOSAL_SOURCES:
+        raise ValueError(f"proposals must be one of {PROPOSAL_SOURCES}, got {proposal_source!r}")
     if method == ORACLE:
         from threeam_model.reid.oracle import LossyOracleTracker
 
@@ -59,6 +67,8 @@ def build_method(method, frames: VideoSource, proposal_params: SamProposalParams
     from threeam_model.factory import build_tracker
 
     tracker = build_tracker(method)
+    if proposal_source == ORACLE:
+        return tracker, OracleProposals()
     model = getattr(tracker, "model", None)
     if model is None:
         raise ValueError(f"{type(tracker).__name__} exposes no SAM 2 model for the automatic mask generator")
@@ -99,4 +109,12 @@ def segment_scene(scene: Scene3D, tracker, proposals, params: PipelineParams | N
     return SceneRun(result, evaluation, scene_instances, time.perf_counter() - t0, len(frames))
 
 
-__all__ = ["ORACLE", "FrameSubset", "SceneRun", "build_method", "scene_superpoints", "segment_scene"]
+__all__ = [
+    "ORACLE",
+    "PROPOSAL_SOURCES",
+    "FrameSubset",
+    "SceneRun",
+    "build_method",
+    "scene_superpoints",
+    "segment_scene",
+]

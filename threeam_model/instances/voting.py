@@ -82,8 +82,9 @@ def vote(
     sizes = np.where(keep, sizes, 0)
     assigned = np.flatnonzero(point_winner >= 0)
     labels[assigned] = point_winner[assigned] + 1
-    if len(assigned):
-        scores[assigned] = np.asarray(ratio[point_winner[assigned], assigned]).reshape(-1)
+    entries = ratio.tocoo()
+    own = point_winner[entries.col] == entries.row  # the winner's ratio at each of its points (0 where never in a mask)
+    scores[entries.col[own]] = entries.data[own]
     consistency = np.zeros(len(groups))
     if len(assigned):
         sums = np.bincount(point_winner[assigned], weights=scores[assigned], minlength=len(groups))
