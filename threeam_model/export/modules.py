@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from torch import nn
+
+from threeam_model.streaming.batched import decode_candidates
 
 
 class ImageEncoder(nn.Module):
@@ -122,21 +123,9 @@ class SamHeads(nn.Module):
     def forward(self, pix_feat, high_res_0, high_res_1):
         m = self.model
         B = pix_feat.shape[0]
-        coords = torch.zeros(B, 1, 2, device=pix_feat.device)
-        labels = -torch.ones(B, 1, dtype=torch.int32, device=pix_feat.device)
-        sparse, dense = m.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         multimask = m._use_multimask(False, None)
-        low_res, ious, tokens, object_score_logits = m.sam_mask_decoder(
-            image_embeddings=pix_feat,
-            image_pe=m.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-            repeat_image=False,
-            high_res_features=[high_res_0, high_res_1],
-        )
+        low_res, ious, tokens, object_score_logits = decode_candidates(m, pix_feat, [high_res_0, high_res_1], multimask)
         appearing = object_score_logits > 0
-        low_res = torch.where(appearing[:, None, None], low_res, NO_OBJ_SCORE).float()
         best = ious.argmax(dim=-1) if multimask else torch.zeros(B, dtype=torch.long, device=pix_feat.device)
         index = best[:, None, None, None].expand(-1, 1, *low_res.shape[-2:])
         low_best = torch.gather(low_res, 1, index)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 
 
@@ -175,4 +176,27 @@ def step_objects(model, features, tokens: list[MemoryTokens], pad_to: int | None
     }
 
 
-__all__ = ["MemoryTokens", "append_pointer_tokens", "memory_tokens", "step_objects"]
+def decode_candidates(model, pix_feat: torch.Tensor, high_res: list | None, multimask: bool = True):
+    """SAM's heads without a prompt, as a tracking step runs them: every candidate mask (B, M, h, w) (no-object
+    masked, float32), their IoUs (B, M), output tokens (B, M', C) and object scores (B, 1)."""
+    B, device = pix_feat.shape[0], pix_feat.device
+    sparse, dense = model.sam_prompt_encoder(
+        points=(torch.zeros(B, 1, 2, device=device), -torch.ones(B, 1, dtype=torch.int32, device=device)),
+        boxes=None,
+        masks=None,
+    )
+    low_res, ious, tokens, object_score_logits = model.sam_mask_decoder(
+        image_embeddings=pix_feat,
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=False,
+        high_res_features=high_res or None,
+    )
+    if model.pred_obj_scores:
+        low_res = torch.where(object_score_logits[:, :, None, None] > 0, low_res, NO_OBJ_SCORE)
+    return low_res.float(), ious, tokens, object_score_logits
+
+
+__all__ = ["MemoryTokens", "append_pointer_tokens", "decode_candidates", "memory_tokens", "step_objects"]

@@ -37,9 +37,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
-from threeam_model.streaming.batched import MemoryTokens, append_pointer_tokens
+from threeam_model.streaming.batched import MemoryTokens, append_pointer_tokens, decode_candidates
 from threeam_model.streaming.memory import Admission, ObjectMemory
 
 _KEY_SCALE = (0.95, 1.05)  # SAM2Long's range of key scaling by object-score rank
@@ -322,23 +321,8 @@ def _candidates(model, features, tokens: list[MemoryTokens]) -> dict:
         x.permute(1, 2, 0).view(1, x.size(2), *s).expand(B, -1, -1, -1)
         for x, s in zip(vision_feats[:-1], feat_sizes[:-1], strict=True)
     ]
-    device = pix_feat.device
-    sparse, dense = model.sam_prompt_encoder(
-        points=(torch.zeros(B, 1, 2, device=device), -torch.ones(B, 1, dtype=torch.int32, device=device)),
-        boxes=None,
-        masks=None,
-    )
-    low_res, ious, out_tokens, object_score_logits = model.sam_mask_decoder(
-        image_embeddings=pix_feat,
-        image_pe=model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-        repeat_image=False,
-        high_res_features=high_res or None,
-    )
+    low_res, ious, out_tokens, object_score_logits = decode_candidates(model, pix_feat, high_res)
     appearing = object_score_logits > 0
-    low_res = torch.where(appearing[:, None, None], low_res, NO_OBJ_SCORE).float()
     size = model.image_size
     high = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
     obj_ptrs = model.obj_ptr_proj(out_tokens)  # (B, M, C): a pointer for every candidate
