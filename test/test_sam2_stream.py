@@ -386,3 +386,31 @@ def test_compiled_image_encoder_agrees_with_eager(model):
             for obj_id in (1, 2):
                 a, b = eager.result.objects[obj_id].mask_logits, compiled.result.objects[obj_id].mask_logits
                 assert float(np.abs(a - b).max()) <= 1e-3 * max(1.0, float(np.abs(a).max()))
+
+
+def test_padded_batches_keep_static_shapes_and_the_results(model):
+    """pad_objects_to: every batch runs with that many objects (the last repeated), results as without padding."""
+    seen = []
+    hook = model.memory_attention.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["curr"][0].shape[1]), with_kwargs=True
+    )
+    try:
+        runs = {}
+        for pad in (None, 4):
+            tracker = StreamingSAM2(model, pad_objects_to=pad)
+            out = []
+            for i, frame in enumerate(moving_frames(6)):
+                seen.clear()
+                out.append(logits_of(tracker.track(frame)))
+                if i == 0:
+                    tracker.add_prompt(1, points=[[10, 20]])
+                    tracker.add_prompt(2, box=[25, 30, 55, 47])
+                if pad and i > 0:
+                    assert seen and set(seen) == {4}
+            runs[pad] = out
+    finally:
+        hook.remove()
+    for a, b in zip(runs[None], runs[4], strict=True):
+        assert a.keys() == b.keys() and all(same(a[k], b[k], exact=False) for k in a)
+    with pytest.raises(ValueError, match="pad_objects_to"):
+        StreamingSAM2(model, pad_objects_to=0)
