@@ -102,6 +102,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     better-scoring box is above the threshold."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    device = boxes.device
+    boxes, scores = boxes.detach().cpu(), scores.detach().cpu()  # a sequential loop: cheaper on the host
     order = torch.sort(scores, descending=True, stable=True).indices
     b = boxes[order].double()
     area = box_area(b)
@@ -116,7 +118,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
             continue
         keep.append(i)
         suppressed |= iou[i] > iou_threshold
-    return order[torch.tensor(keep, dtype=torch.int64)]
+    return order[torch.tensor(keep, dtype=torch.int64)].to(device)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
