@@ -65,3 +65,11 @@ def test_every_proposal_a_track_merges_by_temporal_overlap(scenes):
     print(f"oracle (every proposal): AP {res.ap:.3f} AP50 {res.ap50:.3f} AP25 {res.ap25:.3f}", stats)
     assert sum(s["links_2d"] for s in stats) > 30
     assert res.ap50 >= 0.9
+
+
+def test_view_coverage_keyframes(scenes):
+    params = PipelineParams(keyframes=KeyframeParams(mode="coverage"))
+    res, stats = _run(scenes, 20, params)
+    print(f"oracle (loses, coverage keyframes): AP {res.ap:.3f} AP50 {res.ap50:.3f}", [s["keyframes"] for s in stats])
+    assert all(3 <= s["keyframes"] <= 30 for s in stats)  # new surface makes keyframes, not every frame
+    assert res.ap50 >= 0.9
