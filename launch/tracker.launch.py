@@ -4,9 +4,13 @@
     ros2 launch threeam_ros tracker.launch.py config:=/path/to/my_tracker.yaml device:=cuda \\
         sam2_checkpoint:=/path/to/sam2.1_hiera_large.pt variant:=large
     ros2 launch threeam_ros tracker.launch.py random_weights:=true device:=cpu   # try it without any weights
+    ros2 launch threeam_ros tracker.launch.py autostart:=false   # stays unconfigured: ros2 lifecycle set ...
 
-Every argument left empty keeps the value from the parameters file (config/tracker.yaml by default).
+Every argument left empty keeps the value from the parameters file (config/tracker.yaml by default). The node is
+a managed (lifecycle) node; it configures and activates itself unless autostart is false.
 """
+
+import os
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -27,6 +31,7 @@ PARAMETER_ARGUMENTS = {
 # launch argument -> boolean node parameter it overrides when not empty ("true" or "false")
 BOOLEAN_ARGUMENTS = {
     "random_weights": "model.random_weights_tiny",
+    "autostart": "lifecycle.autostart",
 }
 # launch argument -> (topic name inside the node, default target)
 REMAPPING_ARGUMENTS = {
@@ -38,6 +43,8 @@ REMAPPING_ARGUMENTS = {
 
 def _tracker_node(context):
     value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    if not os.path.isfile(value("config")):
+        raise FileNotFoundError(f"launch argument config: parameters file {value('config')!r} does not exist")
     overrides = {param: value(arg) for arg, param in PARAMETER_ARGUMENTS.items() if value(arg)}
     for arg, param in BOOLEAN_ARGUMENTS.items():
         text = value(arg).strip().lower()

@@ -49,25 +49,37 @@ def _ros_value(value) -> str:
     return str(value)
 
 
-def node_command(params: dict, config: pathlib.Path = CONFIG) -> list[str]:
-    cmd = [sys.executable, "-m", "threeam_ros.tracker_node", "--ros-args", "--params-file", str(config)]
+def node_command(params: dict, config: pathlib.Path = CONFIG, module: str = "threeam_ros.tracker_node") -> list[str]:
+    """The node's command line; `module` may be a test wrapper around threeam_ros.tracker_node (test/ is on the
+    path of the node's process)."""
+    cmd = [sys.executable, "-m", module, "--ros-args", "--params-file", str(config)]
     for name, value in params.items():
         cmd += ["-p", f"{name}:={_ros_value(value)}"]
     return cmd
 
 
 def node_env(**extra) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0", **extra)
+    path = os.pathsep.join(filter(None, [str(REPO / "test"), os.environ.get("PYTHONPATH")]))
+    return dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0", PYTHONPATH=path, **extra
+    )
 
 
 class NodeProcess:
-    """`python -m threeam_ros.tracker_node` with config/tracker.yaml and `-p` overrides; output goes to a log file."""
+    """`python -m threeam_ros.tracker_node` with config/tracker.yaml and `-p` overrides; output goes to a log file.
+    The node configures and activates itself (lifecycle.autostart) unless the params say otherwise."""
 
-    def __init__(self, log_path: pathlib.Path, params: dict, config: pathlib.Path = CONFIG):
+    def __init__(
+        self,
+        log_path: pathlib.Path,
+        params: dict,
+        config: pathlib.Path = CONFIG,
+        module: str = "threeam_ros.tracker_node",
+    ):
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            node_command(params, config), stdout=self._log, stderr=subprocess.STDOUT, env=node_env(), cwd=REPO
+            node_command(params, config, module), stdout=self._log, stderr=subprocess.STDOUT, env=node_env(), cwd=REPO
         )
 
     def alive(self) -> bool:
@@ -123,14 +135,24 @@ class Received:
 
 
 @contextlib.contextmanager
-def running_node(log_path: pathlib.Path, params: dict, match_image: bool = True, **client_kwargs):
-    """(node process, ready test client); afterwards both stop, and the node must have exited cleanly.
-    match_image=False: do not wait for the node's image subscription to match the client's publisher."""
+def running_node(
+    log_path: pathlib.Path,
+    params: dict,
+    match_image: bool = True,
+    module: str = "threeam_ros.tracker_node",
+    **client_kwargs,
+):
+    """(node process, ready test client) with the node active; afterwards both stop, and the node must have exited
+    cleanly. match_image=False: do not wait for the node's image subscription to match the client's publisher.
+    With lifecycle.autostart false, the client waits only for the lifecycle services (the node is unconfigured)."""
     require_isolation()
-    node = NodeProcess(log_path, params)
+    node = NodeProcess(log_path, params, module=module)
     client = Client(**client_kwargs)
     try:
-        client.wait_ready(node, match_image=match_image)
+        if params.get("lifecycle.autostart", True):
+            client.wait_ready(node, match_image=match_image)
+        else:
+            client.wait_lifecycle(node)
         yield node, client
     finally:
         client.close()
@@ -153,6 +175,7 @@ class Client:
     ):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
+        from lifecycle_msgs.srv import ChangeState, GetState
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, qos_profile_sensor_data
         from sensor_msgs.msg import CompressedImage, Image
@@ -190,6 +213,14 @@ class Client:
             "reset": Reset,
             "list_objects": ListObjects,
         }
+        # rclpy's lifecycle client side: the services every managed node offers (what `ros2 lifecycle` calls)
+        self.lifecycle = {
+            "change_state": self.node.create_client(ChangeState, f"{node}/change_state"),
+            "get_state": self.node.create_client(GetState, f"{node}/get_state"),
+        }
+        self.types.update(change_state=ChangeState, get_state=GetState)
+        self.clients.update(self.lifecycle)
+        self._node_name = node
         self._executor = SingleThreadedExecutor(context=self.context)
         self._executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._executor.spin, daemon=True)
@@ -212,6 +243,26 @@ class Client:
             wait_until(
                 lambda t=topic: self.node.count_publishers(f"{NODE}/{t}") >= 1, deadline - time.monotonic(), topic
             )
+
+    def wait_lifecycle(self, node_proc: NodeProcess | None = None, timeout: float = 60.0) -> None:
+        """Until the node's lifecycle services answer discovery."""
+        deadline = time.monotonic() + timeout
+        for name, client in self.lifecycle.items():
+            while not client.wait_for_service(timeout_sec=1.0):
+                if node_proc is not None and not node_proc.alive():
+                    pytest.fail(f"the tracker node died while starting:\n{node_proc.log()[-4000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"lifecycle service {name} never appeared")
+
+    def lifecycle_state(self) -> str:
+        """The node's lifecycle state label: unconfigured, inactive, active, finalized."""
+        return self.call("get_state").current_state.label
+
+    def transition(self, label: str, timeout: float = 120.0) -> bool:
+        """Ask for a lifecycle transition by label (configure, activate, deactivate, cleanup, shutdown)."""
+        from lifecycle_msgs.msg import Transition
+
+        return self.call("change_state", timeout=timeout, transition=Transition(label=label)).success
 
     def call(self, service: str, timeout: float = 30.0, **fields):
         """Call a service with the request fields given; returns the response (fails the test on timeout)."""

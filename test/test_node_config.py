@@ -63,7 +63,7 @@ def test_launch_file_imports_only_launch_packages_and_names_real_parameters():
             top_imports |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             top_imports.add(node.module.split(".")[0])
-    assert top_imports <= {"launch", "launch_ros"}, top_imports
+    assert top_imports <= {"launch", "launch_ros", "os"}, top_imports  # never the model (torch) in a launch file
     names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert "generate_launch_description" in names
     assigned = {
@@ -81,7 +81,7 @@ def test_launch_file_imports_only_launch_packages_and_names_real_parameters():
         assert PARAMS_BY_NAME[param].default in inner_topics, f"no remapping argument for {param}"
 
 
-def test_launch_description_builds_the_node_with_config_overrides_and_remappings(monkeypatch):
+def test_launch_description_builds_the_node_with_config_overrides_and_remappings(monkeypatch, tmp_path):
     recorded = {}
 
     class Recorder:
@@ -114,17 +114,23 @@ def test_launch_description_builds_the_node_with_config_overrides_and_remappings
     assert {"config", "image", "device", "sam2_checkpoint"} <= set(declared)
     opaque = actions[-1]
     context = {name: value for name, value in declared.items() if isinstance(value, str)}
-    context.update(config="/tmp/my.yaml", device="cuda", image="/camera/color/image_raw")
+    my_config = tmp_path / "my.yaml"
+    my_config.write_text(rh.CONFIG.read_text())
+    context.update(config=str(my_config), device="cuda", image="/camera/color/image_raw")
     opaque.kwargs["function"](context)
     node = recorded["node"]
     assert node["package"] == "threeam_ros" and node["executable"] == "tracker_node"
     assert node["name"] == "threeam_tracker"
-    assert node["parameters"] == ["/tmp/my.yaml", {"model.device": "cuda"}]  # empty arguments keep the YAML's
+    assert node["parameters"] == [str(my_config), {"model.device": "cuda"}]  # empty arguments keep the YAML's
     assert ("image", "/camera/color/image_raw") in node["remappings"]
     opaque.kwargs["function"]({**context, "random_weights": "True"})
     assert recorded["node"]["parameters"][1] == {"model.device": "cuda", "model.random_weights_tiny": True}
     with pytest.raises(ValueError, match="random_weights must be true or false, got 'yes'"):
         opaque.kwargs["function"]({**context, "random_weights": "yes"})
+    opaque.kwargs["function"]({**context, "autostart": "false"})  # the node stays unconfigured
+    assert recorded["node"]["parameters"][1] == {"model.device": "cuda", "lifecycle.autostart": False}
+    with pytest.raises(FileNotFoundError, match="parameters file '/nowhere/tracker.yaml' does not exist"):
+        opaque.kwargs["function"]({**context, "config": "/nowhere/tracker.yaml"})
     setup = (rh.REPO / "setup.py").read_text()
     assert "tracker_node = threeam_ros.tracker_node:main" in setup
 
@@ -137,6 +143,9 @@ def test_launch_description_builds_the_node_with_config_overrides_and_remappings
         ("tracker.max_objects:=0", "tracker.max_objects must be >= 1"),
         ("model.random_weights_tiny:=false", "threeam-download-weights"),
         ("publish.label_encoding:=mono32", "publish.label_encoding must be one of mono16, mono8"),
+        # torch would assert deep inside the model build; cuda:99 is unusable with or without a GPU here
+        ("model.device:=cuda:99", "device 'cuda:99' is not usable"),
+        ("publish.overlay_alpha:=1.5", "publish.overlay_alpha must be <= 1"),
     ],
 )
 def test_bad_configuration_stops_the_node_with_a_clear_message(override, needle, tmp_path):
@@ -162,3 +171,78 @@ def test_tf_pose_source_without_tf2_ros_stops_the_node_with_a_clear_message():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=rh.node_env())
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "tf2_ros is not installed" in proc.stderr and "reid.pose_topic" in proc.stderr, proc.stderr
+
+
+@pytest.mark.ros
+def test_unknown_names_in_the_parameters_file_are_refused_at_configure(tmp_path):
+    rh.require_isolation()
+    tree = yaml.safe_load(rh.CONFIG.read_text())
+    tree["/**"]["ros__parameters"]["publish"]["overlay_alhpa"] = 0.3  # the typos a user made
+    tree["/**"]["ros__parameters"]["tracker"]["max_object"] = 4
+    tree["/**"]["ros__parameters"]["tracker"]["max_conditioning_frames"] = "eight"  # and a wrong type
+    config = tmp_path / "typos.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    proc = subprocess.run(
+        rh.node_command(rh.TINY, config), capture_output=True, text=True, timeout=120, env=rh.node_env()
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "unknown parameter(s) publish.overlay_alhpa, tracker.max_object " in proc.stderr, proc.stderr
+    assert "tracker.max_conditioning_frames must be a int, got 'eight'" in proc.stderr, proc.stderr
+
+
+@pytest.mark.ros
+def test_a_missing_parameters_file_is_a_clear_error(tmp_path):
+    rh.require_isolation()
+    missing = tmp_path / "nowhere.yaml"
+    proc = subprocess.run(
+        rh.node_command(rh.TINY, missing), capture_output=True, text=True, timeout=60, env=rh.node_env()
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"parameters file {missing} does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_descriptor_carries_its_range_and_choices():
+    from threeam_ros.params import descriptor
+
+    for p in PARAMS:
+        d = descriptor(p)
+        assert d.description == p.description and not d.dynamic_typing
+        for choice in p.choices:
+            assert str(choice) in d.additional_constraints, p.name
+        if p.runtime:
+            assert "read at configure" not in d.additional_constraints, p.name
+        else:
+            assert "read at configure" in d.additional_constraints, p.name
+        ranges = list(d.integer_range) + list(d.floating_point_range)
+        if p.min_value is None and p.max_value is None:
+            assert not ranges, p.name
+            continue
+        (r,) = ranges
+        assert r.from_value == (p.min_value if p.min_value is not None else r.from_value), p.name
+        if p.max_value is not None:
+            assert r.to_value == p.max_value, p.name
+    alpha = descriptor(PARAMS_BY_NAME["publish.overlay_alpha"]).floating_point_range[0]
+    assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
+    assert descriptor(PARAMS_BY_NAME["tracker.max_objects"]).integer_range[0].from_value == 1
+
+
+def test_interface_comments_name_real_parameters_and_agree_with_the_readme_on_stamps():
+    import re
+
+    interfaces = rh.REPO / "threeam_interfaces"
+    for path in sorted(interfaces.glob("*/*.msg")) + sorted(interfaces.glob("*/*.srv")):
+        comments = " ".join(line for line in path.read_text().splitlines() if line.lstrip().startswith("#"))
+        for name in re.findall(r"\b(?:publish|tracker|model|input|reid|topics|diagnostics)[._]\w+", comments):
+            assert name in PARAMS_BY_NAME, f"{path.name} names {name}, which is not a node parameter"
+    srv = (interfaces / "srv" / "AddPrompt.srv").read_text()
+    readme = (rh.REPO / "README.md").read_text()
+    assert "keeps only its newest frame" in srv and "another stamp is refused: only the newest frame" in readme
+    assert "int64 object_id" in srv and "int64 object_id" in (interfaces / "srv" / "RemoveObject.srv").read_text()
+
+
+def test_readme_names_exactly_the_parameters_that_change_at_run_time():
+    import re
+
+    line = next(line for line in (rh.REPO / "README.md").read_text().splitlines() if "may change at run time" in line)
+    named = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", line))
+    assert named == {p.name for p in PARAMS if p.runtime}, line

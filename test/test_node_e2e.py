@@ -62,6 +62,11 @@ def test_node_declares_every_parameter_with_a_description(tracker):
     assert names == {p.name for p in PARAMS}
     described = client.call("describe_parameters", names=sorted(names)).descriptors
     assert all(d.description for d in described)
+    by_name = {d.name: d for d in described}  # what `ros2 param describe` shows: ranges and choices too
+    assert by_name["tracker.max_objects"].integer_range[0].from_value == 1
+    alpha = by_name["publish.overlay_alpha"].floating_point_range[0]
+    assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
+    assert "one of: raw, compressed" in by_name["input.transport"].additional_constraints
 
 
 def test_prompt_before_any_frame_is_refused(tracker):
@@ -115,7 +120,7 @@ def test_frames_prompt_track_remove_reset(tracker):
         labels, _ = check_outputs_agree(client, header, {5})
         assert not (labels == 7).any()
     resp = client.call("remove_object", object_id=7)
-    assert not resp.success and "unknown object id 7" in resp.message
+    assert not resp.success and "cannot remove object 7: it is not tracked" in resp.message
     assert [o.object_id for o in client.call("list_objects").objects] == [5]
 
     # 5. reset: everything is forgotten; prompts wait for the next frame

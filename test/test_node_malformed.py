@@ -168,6 +168,9 @@ BAD_PROMPTS = {
         "cannot be combined",
     ),
     "object id 0": (dict(object_id=0, points=[_pt(3, 3)]), "1..65535"),
+    # the service's int64 field carries ids a uint16 would silently wrap (70000 -> 4464) or refuse in the client
+    "object id 70000": (dict(object_id=70000, points=[_pt(3, 3)]), "1..65535 (0 is background), got 70000"),
+    "object id -1": (dict(object_id=-1, points=[_pt(3, 3)]), "1..65535 (0 is background), got -1"),
     "stale stamp": (dict(object_id=9, points=[_pt(3, 3)], stamp={"sec": 1, "nanosec": 5}), "not in memory"),
 }
 
@@ -183,12 +186,18 @@ def test_bad_prompts_are_refused_with_the_reason(rig, case):
         fields["stamp"] = Time(**fields["stamp"])
     resp = client.call("add_prompt", **fields)
     assert not resp.success and needle in resp.message, resp.message
-    assert 9 not in [o.object_id for o in client.call("list_objects").objects]
+    tracked = [o.object_id for o in client.call("list_objects").objects]
+    assert 9 not in tracked and 70000 % 65536 not in tracked  # no id wrapped onto another
 
 
 def test_bad_object_requests_are_refused(rig):
     node, client, _ = rig
-    for obj_id, needle in ((0, "1..65535"), (77, "unknown object id 77"), (65535, "unknown object id")):
+    cases = [(0, "1..65535"), (77, "cannot remove object 77: it is not tracked"), (65535, "not tracked")]
+    cases += [
+        (70000, "1..65535 (0 is background), got 70000"),
+        (-1, "1..65535 (0 is background), got -1"),
+    ]  # int64 on the wire
+    for obj_id, needle in cases:
         resp = client.call("remove_object", object_id=obj_id)
         assert not resp.success and needle in resp.message, resp.message
     added = []

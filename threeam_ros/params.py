@@ -1,13 +1,24 @@
 """The tracker node's parameters: one table with names, defaults, allowed values and descriptions.
 
 config/tracker.yaml holds the same names (a test checks both ways); the node declares every entry with its
-description. Read-only ones need a restart; the publish options may change while the node runs.
+description, range and choices (`ros2 param describe` shows them). Parameters marked `runtime` (the publish
+options but queue_depth) may change while the node runs; the others are read at configure, so they may change
+only while the node is unconfigured (cleanup, set them, configure again).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+INT64_MAX = 2**63 - 1
+
+
+class ConfigError(ValueError):
+    """A parameter value (or parameters file) the node cannot be configured with."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,17 +27,27 @@ class Param:
     default: Any
     description: str
     choices: tuple = ()  # allowed values; empty = any value of the default's type
-    read_only: bool = True
+    runtime: bool = False  # may change while the node is configured (else only while unconfigured)
     min_value: float | None = None  # numeric lower bound, inclusive
+    max_value: float | None = None  # numeric upper bound, inclusive
+    constraint: str = ""  # what `ros2 param describe` shows as additional constraints, beyond choices and range
 
 
 PARAMS: tuple[Param, ...] = (
+    # ---- lifecycle
+    Param(
+        "lifecycle.autostart",
+        True,
+        "Configure and activate at start. false: the node waits unconfigured for ros2 lifecycle set "
+        "(configure, activate).",
+    ),
     # ---- topics (relative names resolve in the node's namespace; `~/x` is private to the node)
     Param(
         "topics.image",
         "image",
-        "Input camera topic: sensor_msgs/Image, or sensor_msgs/CompressedImage when "
-        "input.transport is compressed (then usually <camera>/image_raw/compressed).",
+        "Input camera topic before remapping: sensor_msgs/Image, or sensor_msgs/CompressedImage when "
+        "input.transport is compressed. Remappings apply on top (the launch file remaps image to its image "
+        "argument); the log and /diagnostics name the topic actually subscribed.",
     ),
     Param("topics.labels", "~/labels", "Output label image (mono16 or mono8): pixel = object id, 0 = background."),
     Param(
@@ -81,7 +102,13 @@ PARAMS: tuple[Param, ...] = (
         "MUSt3R checkpoint for method 3am: a path, or auto (the weights folder).",
     ),
     Param("model.must3r", "512", "MUSt3R release for method 3am: 512 or 224.", choices=("512", "224")),
-    Param("model.device", "auto", "Torch device: auto (cuda if available), cuda, cuda:N or cpu."),
+    Param(
+        "model.device",
+        "auto",
+        "Torch device: auto (cuda if available), cuda, cuda:N or cpu. A device this torch cannot use is refused "
+        "at configure.",
+        constraint="auto, cpu, cuda or cuda:N",
+    ),
     Param(
         "model.dtype",
         "float32",
@@ -106,7 +133,14 @@ PARAMS: tuple[Param, ...] = (
         "frame then takes seconds to minutes.",
     ),
     Param("model.cpu_threads", 0, "Torch CPU threads (0: torch's default).", min_value=0),
-    Param("model.seed", 0, "Seed for random weights (model.random_weights_tiny)."),
+    Param("model.seed", 0, "Seed for random weights (model.random_weights_tiny).", min_value=0),
+    Param(
+        "model.max_consecutive_faults",
+        5,
+        "Frames in a row on which the model may fail (an exception, out of memory) before the node goes through "
+        "its error transition to unconfigured; a single failure costs only its frame.",
+        min_value=1,
+    ),
     # ---- tracker state caps
     Param(
         "tracker.max_objects",
@@ -145,21 +179,28 @@ PARAMS: tuple[Param, ...] = (
         "mono16",
         "Label image encoding: mono16 (ids up to 65535) or mono8 (ids up to 255).",
         choices=("mono16", "mono8"),
-        read_only=False,
+        runtime=True,
     ),
-    Param("publish.object_masks", False, "Attach each object's mono8 mask to the TrackedObjectArray.", read_only=False),
+    Param("publish.object_masks", False, "Attach each object's mono8 mask to the TrackedObjectArray.", runtime=True),
     Param(
         "publish.after_prompt",
         True,
         "After a successful add_prompt, publish the prompted frame again (same header) with the prompt's result, "
         "so the new mask shows at once.",
-        read_only=False,
+        runtime=True,
     ),
-    Param("publish.overlay", True, "Publish the overlay image.", read_only=False),
-    Param("publish.overlay_alpha", 0.5, "Overlay mask opacity in [0, 1].", read_only=False, min_value=0.0),
-    Param("publish.queue_depth", 5, "Output queue depth (reliable QoS).", min_value=1),
+    Param("publish.overlay", True, "Publish the overlay image.", runtime=True),
+    Param("publish.overlay_alpha", 0.5, "Overlay mask opacity in [0, 1].", runtime=True, min_value=0.0, max_value=1.0),
+    Param("publish.queue_depth", 5, "Output queue depth (reliable QoS); read at configure.", min_value=1),
     Param("diagnostics.period", 1.0, "Seconds between diagnostics messages.", min_value=0.05),
-    # ---- geometric re-identification (issue 10)
+    Param(
+        "diagnostics.rate_window",
+        5.0,
+        "Seconds over which processed_fps is measured; it always reaches back over the newest frame interval, so "
+        "a frame slower than the window still counts.",
+        min_value=0.1,
+    ),
+    # ---- geometric re-identification
     Param("reid.enabled", False, "Re-acquire lost objects from their 3D anchors (geometric re-identification)."),
     Param(
         "reid.source",
@@ -213,13 +254,90 @@ PARAMS_BY_NAME = {p.name: p for p in PARAMS}
 
 def check_value(param: Param, value) -> str | None:
     """Why `value` is not allowed for `param`, or None when it is."""
+    if type(value) is not type(param.default) and not (isinstance(param.default, float) and type(value) is int):
+        return f"{param.name} must be a {type(param.default).__name__}, got {value!r}"
     if param.choices and value not in param.choices:
         return f"{param.name} must be one of {', '.join(map(str, param.choices))}, got {value!r}"
-    if param.min_value is not None and isinstance(value, (int, float)) and value < param.min_value:
+    if param.min_value is not None and value < param.min_value:
         return f"{param.name} must be >= {param.min_value:g}, got {value!r}"
-    if param.name == "publish.overlay_alpha" and not 0.0 <= value <= 1.0:
-        return f"publish.overlay_alpha must be in [0, 1], got {value!r}"
+    if param.max_value is not None and value > param.max_value:
+        return f"{param.name} must be <= {param.max_value:g}, got {value!r}"
     return None
+
+
+def descriptor(param: Param) -> ParameterDescriptor:
+    """The ROS descriptor of a parameter: description, range, and choices as additional constraints."""
+    desc = ParameterDescriptor(description=param.description, dynamic_typing=False)
+    constraints = [f"one of: {', '.join(map(str, param.choices))}"] if param.choices else []
+    if param.constraint:
+        constraints.append(param.constraint)
+    if not param.runtime:
+        constraints.append("read at configure: change it while the node is unconfigured")
+    desc.additional_constraints = "; ".join(constraints)
+    has_range = param.min_value is not None or param.max_value is not None
+    if has_range and isinstance(param.default, int) and not isinstance(param.default, bool):
+        low = int(param.min_value) if param.min_value is not None else -INT64_MAX - 1
+        high = int(param.max_value) if param.max_value is not None else INT64_MAX
+        desc.integer_range = [IntegerRange(from_value=low, to_value=high, step=0)]
+    elif has_range and isinstance(param.default, float):
+        low = float(param.min_value) if param.min_value is not None else -math.inf
+        high = float(param.max_value) if param.max_value is not None else math.inf
+        desc.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+    return desc
+
+
+# Parameters every rclpy node has, and QoS overrides: allowed in a parameters file beside the table's names.
+ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+def unknown_names(names) -> list[str]:
+    """Names in a parameters file (or -p overrides) that the node does not have: a typo would otherwise be ignored."""
+    known = set(PARAMS_BY_NAME) | set(ROS_PARAMETERS)
+    return sorted(n for n in names if n not in known and not n.startswith("qos_overrides."))
+
+
+def tracker_config(cfg: dict):
+    """Parameter values -> the threeam_model TrackerConfig the node builds its tracker from."""
+    from threeam_model.factory import TrackerConfig
+
+    tiny = cfg["model.random_weights_tiny"]
+    method = cfg["model.method"]
+    if method == "auto":
+        method = "3am" if cfg["model.threeam_checkpoint"] else "sam2"
+
+    def checkpoint(name: str) -> str | None:
+        return None if tiny else (cfg[name] or None)  # "" = none
+
+    try:
+        return TrackerConfig(
+            method=method,
+            variant=cfg["model.variant"],
+            image_size=cfg["model.image_size"],
+            must3r=cfg["model.must3r"],
+            sam2_checkpoint=checkpoint("model.sam2_checkpoint"),
+            must3r_checkpoint=checkpoint("model.must3r_checkpoint"),
+            threeam_checkpoint=checkpoint("model.threeam_checkpoint"),
+            device=cfg["model.device"],
+            dtype=cfg["model.dtype"],
+            max_objects=cfg["tracker.max_objects"],
+            max_conditioning_frames=cfg["tracker.max_conditioning_frames"],
+            batch_objects=cfg["tracker.batch_objects"],
+            memory_policy=cfg["tracker.memory_policy"],
+            compile=cfg["model.compile"],
+            must3r_max_keyframes=cfg["tracker.must3r_max_keyframes"],
+            tiny=tiny,
+            seed=cfg["model.seed"],
+            reid=cfg["reid.source"] if cfg["reid.enabled"] else "off",
+            reid_reject_out_of_view=cfg["reid.reject_out_of_view"],
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def has_random_weights(config) -> bool:
+    """Whether a TrackerConfig builds any part of the model without its trained weights."""
+    missing_must3r = config.method == "3am" and config.must3r_checkpoint is None
+    return config.tiny or config.sam2_checkpoint is None or missing_must3r
 
 
 def flatten_yaml(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -1,31 +1,40 @@
-"""The threeam ROS 2 node: camera frames in, prompts by service, instance masks out.
+"""The threeam ROS 2 node: camera frames in, prompts by service, instance masks out. A managed (lifecycle) node.
+
+Lifecycle: configure reads the parameters (refusing unknown names and bad values) and loads the model into a
+`TrackingSession` (threeam_ros/session.py), with the output publishers and services; activate subscribes to the
+camera and starts the inference thread; deactivate unsubscribes and stops the thread, keeping objects and memory;
+cleanup drops the session and frees the model (and cached GPU memory). A failure the node cannot carry on from (too
+many model faults in a row, an unexpected error in a transition) goes through the error transition, which frees
+everything as cleanup does, publishes an ERROR on /diagnostics and leaves the node unconfigured: configure brings it
+back. `lifecycle.autostart` (default true) configures and activates at start.
 
 Threads: the camera callback only stores the newest message in a one-slot buffer (an overwritten message is a
 dropped frame); one worker thread decodes, tracks and publishes it; services run on a multi-threaded executor, so
-they answer while a frame is in the model. Every tracker call holds `_tracker_lock`, so prompts never interleave
-with a frame. A frame whose size differs from the stream's resets all objects and memory with a warning (prompts are
-pixel positions of the old size, so resizing the new frame to the old size would track garbage).
+they answer while a frame is in the model (list_objects at once; prompts wait for the frame in the model, since they
+act on the tracker's state).
 """
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
 import time
 import traceback
+import weakref
 
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 
@@ -34,10 +43,8 @@ from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject, Reset
 from threeam_model.interface import (
     CameraGeometry,
     FrameError,
-    FrameResult,
     ObjectResult,
     PromptError,
-    Tracker,
     TrackerInputError,
     check_obj_id,
 )
@@ -48,152 +55,285 @@ from threeam_ros.frame_slot import LatestFrameSlot
 from threeam_ros.geometry_sync import GeometrySync, transform_to_c2w
 from threeam_ros.input_check import input_problem
 from threeam_ros.node_stats import NodeStats, diagnostics_message
-from threeam_ros.params import PARAMS, PARAMS_BY_NAME, check_value
+from threeam_ros.params import (
+    PARAMS,
+    PARAMS_BY_NAME,
+    ConfigError,
+    check_value,
+    descriptor,
+    has_random_weights,
+    tracker_config,
+    unknown_names,
+)
+from threeam_ros.session import ModelFault, NoFrameError, StaleFrameError, TrackingSession
 
 # No QoS event callbacks on the sensor subscriptions (rclpy adds default ones): see threeam_ros/input_check.py.
 _NO_QOS_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
 
 NODE_NAME = "threeam_tracker"
-INPUT_CHECK_GRACE_S = 3.0  # seconds after start before a silent camera topic is explained (DDS discovery)
+INPUT_CHECK_GRACE_S = 3.0  # seconds after activation before a silent camera topic is explained (DDS discovery)
+SUCCESS, FAILURE, ERROR = (
+    TransitionCallbackReturn.SUCCESS,
+    TransitionCallbackReturn.FAILURE,
+    TransitionCallbackReturn.ERROR,
+)
 
 
-class ConfigError(ValueError):
-    """A parameter value the node cannot start with."""
-
-
-def build_tracker(cfg: dict) -> tuple[Tracker, str]:
-    """The one place the node makes its model, through threeam_model.factory: (tracker, a description for logs)."""
+def load_session(cfg: dict, on_size_change) -> tuple[TrackingSession, str, bool]:
+    """The model of a configuration in a TrackingSession: (session, a description for logs, random weights?)."""
     import torch
 
-    from threeam_model.factory import TrackerConfig, build_tracker
+    from threeam_model.factory import build_tracker
 
+    config = tracker_config(cfg)
     if cfg["model.cpu_threads"] > 0:
         torch.set_num_threads(cfg["model.cpu_threads"])
-    tiny = cfg["model.random_weights_tiny"]
-    method = cfg["model.method"]
-    if method == "auto":
-        method = "3am" if cfg["model.threeam_checkpoint"] else "sam2"
-    checkpoint = lambda name: None if tiny else (cfg[name] or None)  # noqa: E731  ("" = none)
     try:
-        config = TrackerConfig(
-            method=method,
-            variant=cfg["model.variant"],
-            image_size=cfg["model.image_size"],
-            must3r=cfg["model.must3r"],
-            sam2_checkpoint=checkpoint("model.sam2_checkpoint"),
-            must3r_checkpoint=checkpoint("model.must3r_checkpoint"),
-            threeam_checkpoint=checkpoint("model.threeam_checkpoint"),
-            device=cfg["model.device"],
-            dtype=cfg["model.dtype"],
-            max_objects=cfg["tracker.max_objects"],
-            max_conditioning_frames=cfg["tracker.max_conditioning_frames"],
-            batch_objects=cfg["tracker.batch_objects"],
-            memory_policy=cfg["tracker.memory_policy"],
-            compile=cfg["model.compile"],
-            must3r_max_keyframes=cfg["tracker.must3r_max_keyframes"],
-            tiny=tiny,
-            seed=cfg["model.seed"],
-            reid=cfg["reid.source"] if cfg["reid.enabled"] else "off",
-            reid_reject_out_of_view=cfg["reid.reject_out_of_view"],
-        )
         tracker = build_tracker(config)
+        device = config.torch_device
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(f"cannot build the model: {exc}") from exc
-    random = tiny or config.sam2_checkpoint is None or (method == "3am" and config.must3r_checkpoint is None)
-    name = config.describe() + (" RANDOM WEIGHTS" if random else "")
-    return tracker, f"{name} @{cfg['model.image_size']} {config.torch_device} {cfg['model.dtype']}"
+    random = has_random_weights(config)
+    name = f"{config.describe()}{' RANDOM WEIGHTS' if random else ''} @{cfg['model.image_size']} {device} "
+    session = TrackingSession(tracker, frame_key=lambda header: _stamp_str(header.stamp), on_size_change=on_size_change)
+    return session, name + cfg["model.dtype"], random
 
 
-class TrackerNode(Node):
+class TrackerNode(LifecycleNode):
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
+        # rclpy keeps this node's parameter overrides (parameters files and -p) here; names it has no parameter for
+        # would otherwise be ignored silently
+        overrides = dict(self._parameter_overrides)
+        self._declare_problems: dict[str, str] = {}  # name -> why its given value was refused at declaration
         for p in PARAMS:
-            self.declare_parameter(
-                p.name, p.default, ParameterDescriptor(description=p.description, read_only=p.read_only)
-            )
-        self.cfg = {p.name: self.get_parameter(p.name).value for p in PARAMS}
-        problems = [why for p in PARAMS if (why := check_value(p, self.cfg[p.name]))]
-        if problems:
-            raise ConfigError("; ".join(problems))
+            try:
+                self.declare_parameter(p.name, p.default, descriptor(p))
+            except ParameterException as exc:  # a wrong type or out of range: refused at configure, with the reason
+                given = overrides[p.name].value if p.name in overrides else p.default
+                self._declare_problems[p.name] = check_value(p, given) or f"{p.name}: {exc}"
+                self.declare_parameter(p.name, p.default, descriptor(p), ignore_override=True)
+        self._unknown_parameters = unknown_names(overrides)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._tracker, self._model_name = build_tracker(self.cfg)
-        if "RANDOM WEIGHTS" in self._model_name:
-            self.get_logger().warning(
-                f"!!! {self._model_name}: the model has RANDOM WEIGHTS, its masks are meaningless (tests, demos and "
-                "timing only). Set model.random_weights_tiny false and model.sam2_checkpoint to a checkpoint path or "
-                "auto (run threeam-download-weights) for real tracking. !!!"
-            )
-        self._tracker_lock = threading.Lock()  # serialises every tracker call
-        self._state_lock = threading.Lock()  # guards the small snapshot below; never held during inference
-        self._frame_header = None  # header of the tracker's current frame (None: no frame since start/reset)
-        self._frame_rgb: np.ndarray | None = None
-        self._stream_size: tuple[int, int] | None = None  # (H, W) of the current stream
-        self._objects: dict[int, ObjectResult] = {}  # newest state of each tracked object
-
+        self.cfg: dict = {}
+        self.state = "unconfigured"
+        self.configure_error = ""  # why the last configure failed
+        self._error = ""  # why the node went through its error transition
+        self._session: TrackingSession | None = None
+        self._model_name = ""
         self._stats = NodeStats()
-        self._slot = LatestFrameSlot()
         self._log_times: dict[str, float] = {}
+        self._entities: list = []  # (destroy function, entity) made at configure
+        self._active_entities: list = []  # made at activate
+        self._worker: threading.Thread | None = None
+        self._slot: LatestFrameSlot | None = None
+        self._running = False
+        self._fault_transition = threading.Event()  # set while too many faults take the node to its error path
+        self._geometry_sync: GeometrySync | None = None
+        self._tf_listener = None
+        self._pub_diag = None
+        self._image_topic = ""
 
-        out_qos = QoSProfile(depth=self.cfg["publish.queue_depth"])
-        self._pub_labels = self.create_publisher(Image, self.cfg["topics.labels"], out_qos)
-        self._pub_objects = self.create_publisher(TrackedObjectArray, self.cfg["topics.objects"], out_qos)
-        self._pub_overlay = self.create_publisher(Image, self.cfg["topics.overlay"], out_qos)
-        self._pub_diag = self.create_publisher(DiagnosticArray, self.cfg["topics.diagnostics"], 10)
+    # ------------------------------------------------------------------------------------------ lifecycle
 
-        in_qos = qos_profile_sensor_data if self.cfg["input.qos"] == "sensor_data" else QoSProfile(depth=1)
-        in_qos = QoSProfile(
-            history=in_qos.history,
-            depth=self.cfg["input.qos_depth"],
-            reliability=in_qos.reliability,
-            durability=in_qos.durability,
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.configure_error = self._error = ""
+        try:
+            self.cfg = self._read_config()
+            self._stats = NodeStats(rate_window=self.cfg["diagnostics.rate_window"])
+            self._session, self._model_name, random = load_session(self.cfg, self._on_size_change)
+            if random:
+                self.get_logger().warning(
+                    f"!!! {self._model_name}: the model has RANDOM WEIGHTS, its masks are meaningless (tests, demos "
+                    "and timing only). Set model.random_weights_tiny false and model.sam2_checkpoint to a checkpoint "
+                    "path or auto (run threeam-download-weights) for real tracking. !!!"
+                )
+            if self.cfg["reid.enabled"] and self.cfg["reid.source"] == "rgbd":
+                self._geometry_sync = self._make_geometry_sync()
+            self._make_outputs_and_services()
+        except ConfigError as exc:
+            self.configure_error = str(exc)
+            self.get_logger().error(f"cannot configure: {exc}")
+            self._release()
+            return FAILURE
+        except Exception as exc:
+            self.configure_error = f"internal error: {type(exc).__name__}: {exc}"
+            self._error = f"configure failed: {self.configure_error}"
+            self.get_logger().error(f"configure failed: {exc}\n{traceback.format_exc()}")
+            return ERROR
+        self.state = "inactive"
+        self.get_logger().info(f"configured with {self._model_name}; services under {self.get_fully_qualified_name()}/")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # output publishers first, so nothing tracked goes unpublished
+        try:
+            self._subscribe()
+        except Exception as exc:
+            self._error = f"activate failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(f"{self._error}\n{traceback.format_exc()}")
+            return ERROR
+        self._activated_at = time.monotonic()
+        self._received_at_last_diag = -1
+        self._running = True
+        self._slot = LatestFrameSlot()
+        self._worker = threading.Thread(target=self._work, args=(self._slot,), name="threeam-inference", daemon=True)
+        self._worker.start()
+        self.state = "active"
+        self.get_logger().info(
+            f"tracking {self._image_topic} ({self._input_type.__name__}, {self.cfg['input.qos']} QoS) with "
+            f"{self._model_name}; labels on {self._pub_labels.topic_name}"
         )
-        in_type = CompressedImage if self.cfg["input.transport"] == "compressed" else Image
-        self._sub = self.create_subscription(
-            in_type,
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_taking_frames()
+        self.state = "inactive"
+        result = super().on_deactivate(state)
+        if self._fault_transition.is_set():
+            return ERROR  # the way into the error transition (on_error) after too many model faults
+        self.get_logger().info("deactivated: no longer taking frames; objects and memory are kept")
+        return result
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info(f"cleaned up: {self._release_report}")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_taking_frames()
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_taking_frames()
+        error = self._error or "an unexpected error in a lifecycle transition"
+        self.get_logger().error(f"error transition: {error}; the node is unconfigured, configure brings it back")
+        self._publish_diagnostics(error=f"{error}; the node is unconfigured, configure it again")
+        self._release()
+        self._fault_transition.clear()
+        super().on_error(state)
+        return SUCCESS  # -> unconfigured
+
+    def _read_config(self) -> dict:
+        cfg = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+        problems = list(self._declare_problems.values())
+        problems += [
+            why for p in PARAMS if p.name not in self._declare_problems and (why := check_value(p, cfg[p.name]))
+        ]
+        if self._unknown_parameters:
+            problems.append(
+                f"unknown parameter(s) {', '.join(self._unknown_parameters)} (a typo? the node's parameters are "
+                "listed in config/tracker.yaml and the README)"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return cfg
+
+    def _make_outputs_and_services(self) -> None:
+        out_qos = QoSProfile(depth=self.cfg["publish.queue_depth"])
+        self._pub_labels = self.create_lifecycle_publisher(Image, self.cfg["topics.labels"], out_qos)
+        self._pub_objects = self.create_lifecycle_publisher(TrackedObjectArray, self.cfg["topics.objects"], out_qos)
+        self._pub_overlay = self.create_lifecycle_publisher(Image, self.cfg["topics.overlay"], out_qos)
+        self._entities += [(self.destroy_lifecycle_publisher, p) for p in (self._pub_labels, self._pub_objects)]
+        self._entities.append((self.destroy_lifecycle_publisher, self._pub_overlay))
+        # a plain publisher: the error transition reports on it after the lifecycle publishers are deactivated
+        self._pub_diag = self.create_publisher(DiagnosticArray, self.cfg["topics.diagnostics"], 10)
+        self._entities.append((self.destroy_publisher, self._pub_diag))
+        services = ReentrantCallbackGroup()
+        for srv_type, name, callback in (
+            (AddPrompt, "~/add_prompt", self._on_add_prompt),
+            (RemoveObject, "~/remove_object", self._on_remove_object),
+            (Reset, "~/reset", self._on_reset),
+            (ListObjects, "~/list_objects", self._on_list_objects),
+        ):
+            self._entities.append(
+                (self.destroy_service, self.create_service(srv_type, name, callback, callback_group=services))
+            )
+        timer = self.create_timer(
+            self.cfg["diagnostics.period"], self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
+        )
+        self._entities.append((self.destroy_timer, timer))
+
+    def _subscribe(self) -> None:
+        qos = qos_profile_sensor_data if self.cfg["input.qos"] == "sensor_data" else QoSProfile(depth=1)
+        in_qos = QoSProfile(
+            history=qos.history,
+            depth=self.cfg["input.qos_depth"],
+            reliability=qos.reliability,
+            durability=qos.durability,
+        )
+        self._input_type = CompressedImage if self.cfg["input.transport"] == "compressed" else Image
+        sub = self.create_subscription(
+            self._input_type,
             self.cfg["topics.image"],
             self._on_image,
             in_qos,
             callback_group=MutuallyExclusiveCallbackGroup(),
             event_callbacks=_NO_QOS_EVENTS,
         )
-        self._received_at_last_diag = -1
-        self._geometry_sync: GeometrySync | None = None
-        if self.cfg["reid.enabled"] and self.cfg["reid.source"] == "rgbd":
+        self._image_topic = sub.topic_name
+        self._active_entities.append((self.destroy_subscription, sub))
+        if self._geometry_sync is not None:
             self._subscribe_geometry()
-        services = ReentrantCallbackGroup()
-        self.create_service(AddPrompt, "~/add_prompt", self._on_add_prompt, callback_group=services)
-        self.create_service(RemoveObject, "~/remove_object", self._on_remove_object, callback_group=services)
-        self.create_service(Reset, "~/reset", self._on_reset, callback_group=services)
-        self.create_service(ListObjects, "~/list_objects", self._on_list_objects, callback_group=services)
-        self._last_diag = self._started = time.monotonic()
-        self.create_timer(
-            self.cfg["diagnostics.period"], self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
-        )
 
-        self._running = True
-        self._worker = threading.Thread(target=self._work, name="threeam-inference", daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f"tracking {self._sub.topic_name} ({in_type.__name__}, {self.cfg['input.qos']} QoS) "
-            f"with {self._model_name}; "
-            f"labels on {self._pub_labels.topic_name}, services under {self.get_fully_qualified_name()}/"
-        )
+    def _stop_taking_frames(self) -> None:
+        """Unsubscribe and stop the inference thread (after the frame in flight); objects and memory stay."""
+        for destroy, entity in reversed(self._active_entities):
+            destroy(entity)
+        self._active_entities.clear()
+        self._running = False
+        if self._slot is not None:
+            self._slot.close()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=60.0)
+        self._worker = None
+
+    def _release(self) -> None:
+        """Destroy what configure made and drop the model; `_release_report` says whether the tracker was freed."""
+        for destroy, entity in reversed(self._entities):
+            destroy(entity)
+        self._entities.clear()
+        self._pub_diag = None
+        if self._tf_listener is not None:
+            self._tf_listener.unregister()
+            self._tf_listener = None
+        self._geometry_sync = None
+        self.state = "unconfigured"
+        session, self._session = self._session, None
+        if session is None:
+            self._release_report = "no model was loaded"
+            return
+        tracker = weakref.ref(session._live_tracker())
+        session.release()
+        del session
+        gc.collect()
+        import torch
+
+        gpu = ""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            gpu = f", CUDA memory allocated {torch.cuda.memory_allocated() / 2**20:.0f} MiB"
+        freed = "tracker freed" if tracker() is None else "TRACKER STILL REFERENCED"
+        self._release_report = f"model released ({freed}{gpu})"
 
     # ------------------------------------------------------------------------------------------ frames
 
-    def _subscribe_geometry(self) -> None:
+    def _make_geometry_sync(self) -> GeometrySync:
         """reid.source rgbd: depth, camera_info and (unless the camera is static) pose feed a nearest-stamp sync.
 
         The pose comes from reid.pose_topic, else from TF when reid.world_frame is set, else it is the identity.
         """
         use_tf = not self.cfg["reid.pose_topic"] and bool(self.cfg["reid.world_frame"])
-        self._geometry_sync = GeometrySync(
+        return GeometrySync(
             self.cfg["reid.sync_tolerance"],
             static_pose=not self.cfg["reid.pose_topic"] and not use_tf,
             world_frame=self.cfg["reid.world_frame"],
             pose_lookup=self._tf_pose_lookup() if use_tf else None,
         )
+
+    def _subscribe_geometry(self) -> None:
         group = MutuallyExclusiveCallbackGroup()
         topics = [
             (Image, "reid.depth_topic", self._geometry_sync.add_depth),
@@ -211,7 +351,7 @@ class TrackerNode(Node):
                     self._stats.problem(f"{param}: {exc}")
                     self._warn_throttled(param, f"{param} message refused: {exc}")
 
-            self.create_subscription(
+            sub = self.create_subscription(
                 msg_type,
                 self.cfg[param],
                 callback,
@@ -219,6 +359,7 @@ class TrackerNode(Node):
                 callback_group=group,
                 event_callbacks=_NO_QOS_EVENTS,
             )
+            self._active_entities.append((self.destroy_subscription, sub))
 
     def _tf_pose_lookup(self):
         """(camera frame_id, stamp) -> (camera-to-world from TF or None, why not), waiting up to reid.sync_wait."""
@@ -271,16 +412,20 @@ class TrackerNode(Node):
 
     def _on_image(self, msg) -> None:
         self._stats.count("frames_received")
-        if self._slot.put((msg, time.perf_counter())):
+        slot = self._slot
+        if slot is not None and slot.put((msg, time.perf_counter())):
             self._stats.count("frames_dropped")
 
-    def _work(self) -> None:
+    def _work(self, slot: LatestFrameSlot) -> None:
         while self._running:
-            item = self._slot.take(timeout=0.2)
+            item = slot.take(timeout=0.2)
             if item is None:
                 continue
             try:
                 self._process(*item)
+            except ModelFault as fault:
+                if self._on_model_fault(fault):
+                    return
             except Exception as exc:  # the worker must survive anything; say what happened
                 if not self.context.ok():
                     return  # shutting down (Ctrl-C): the frame in flight has nowhere to be published
@@ -303,25 +448,13 @@ class TrackerNode(Node):
             return
         geometry = self._frame_geometry(msg.header) if self._geometry_sync is not None else None
         t1 = time.perf_counter()
-        with self._tracker_lock:
-            size = rgb.shape[:2]
-            if self._stream_size is not None and size != self._stream_size:
-                self.get_logger().warning(
-                    f"image size changed from {self._stream_size[1]}x{self._stream_size[0]} to {size[1]}x{size[0]} "
-                    f"(WxH): all objects and memory were reset; prompt the objects again"
-                )
-                self._reset_locked()
-            try:
-                result = self._tracker.track(rgb, geometry=geometry)
-            except FrameError as exc:
-                self._reject(f"frame rejected by the tracker: {exc}")
-                return
-            self._stream_size = size
-            with self._state_lock:
-                self._frame_header, self._frame_rgb = msg.header, rgb
-                self._objects = dict(result.objects)
+        try:
+            result, labels = self._session.track(rgb, geometry, frame=msg.header)
+        except FrameError as exc:
+            self._reject(f"frame rejected by the tracker: {exc}")
+            return
         t2 = time.perf_counter()
-        self._publish(msg.header, rgb, result.objects, result.label_image(np.uint16))
+        self._publish(msg.header, rgb, result.objects, labels)
         t3 = time.perf_counter()
         self._stats.count("frames_processed")
         self._stats.count("reacquisitions", sum(obj.reacquired for obj in result.objects.values()))
@@ -333,10 +466,42 @@ class TrackerNode(Node):
             stages["since_stamp"] = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
         self._stats.add_latencies(stages)
 
+    def _on_model_fault(self, fault: ModelFault) -> bool:
+        """Count a frame the model failed on; True when it was one too many in a row (the error transition starts)."""
+        self._stats.count("model_faults")
+        what = "out of memory" if fault.out_of_memory else "the model failed"
+        text = f"frame dropped: {what} ({fault}); {fault.consecutive} in a row"
+        self._stats.problem(text)
+        self._warn_throttled(
+            f"fault: {what}", f"{text}\n{''.join(traceback.format_exception(fault.cause))}", error=True
+        )
+        limit = self.cfg["model.max_consecutive_faults"]
+        if fault.consecutive < limit:
+            return False
+        self._error = (
+            f"the model failed on {fault.consecutive} frames in a row (model.max_consecutive_faults = {limit}): {fault}"
+        )
+        self._fault_transition.set()
+        self._running = False
+        # deactivate (which joins this thread) from another thread; its ERROR result leads into on_error
+        threading.Thread(target=self.trigger_deactivate, name="threeam-fault-transition", daemon=True).start()
+        return True
+
     def _reject(self, text: str) -> None:
         self._stats.count("frames_rejected")
         self._stats.problem(text)
         self._warn_throttled("reject", text)
+
+    def _on_size_change(self, old: tuple[int, int], new: tuple[int, int]) -> None:
+        text = (
+            f"image size changed from {old[1]}x{old[0]} to {new[1]}x{new[0]} (WxH): all objects and memory were "
+            "reset; prompt the objects again"
+        )
+        publishers = self.get_publishers_info_by_topic(self._image_topic)
+        if len(publishers) > 1:
+            names = ", ".join(f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in publishers)
+            text += f". {len(publishers)} nodes publish on {self._image_topic} ({names}): one camera per topic"
+        self._warn_throttled(f"size {old}->{new}", text, period=10.0)  # two cameras on one topic: not every frame
 
     def _publish(self, header, rgb: np.ndarray, objects: dict[int, ObjectResult], labels: np.ndarray) -> None:
         encoding = self.get_parameter("publish.label_encoding").value
@@ -365,36 +530,28 @@ class TrackerNode(Node):
                 labels = [1 if p.positive else 0 for p in req.points]
             box = list(req.box) if len(req.box) else None
             mask = conversions.image_to_mask(req.mask)
-            with self._tracker_lock:
-                header = self._frame_header
-                if header is None:
-                    raise PromptError(
-                        "no camera frame tracked yet (or since the last reset); "
-                        f"publish images on {self._sub.topic_name}"
-                    )
-                if (req.stamp.sec or req.stamp.nanosec) and req.stamp != header.stamp:
-                    raise PromptError(
-                        f"frame stamp {_stamp_str(req.stamp)} is not in memory: the node keeps only its newest frame "
-                        f"({_stamp_str(header.stamp)}); send stamp 0 to prompt the newest frame"
-                    )
-                is_new = obj_id not in self._tracker.object_ids
-                if is_new and len(self._tracker.object_ids) >= self.cfg["tracker.max_objects"]:
-                    raise PromptError(
-                        f"already tracking tracker.max_objects = {self.cfg['tracker.max_objects']} objects; "
-                        f"remove one first"
-                    )
-                result = self._tracker.add_prompt(obj_id, points=points, labels=labels, box=box, mask=mask)
-                with self._state_lock:
-                    self._objects[obj_id] = result
-                    objects, rgb = dict(self._objects), self._frame_rgb
-                if self.get_parameter("publish.after_prompt").value:
-                    # Under the tracker lock, so it cannot overtake the next frame's outputs.
-                    frame = FrameResult(self._tracker.frame_index, rgb.shape[:2], objects)
-                    self._publish(header, rgb, objects, frame.label_image(np.uint16))
+            stamp = _stamp_str(req.stamp) if (req.stamp.sec or req.stamp.nanosec) else None
+            republish = (
+                self._publish if self.state == "active" and self.get_parameter("publish.after_prompt").value else None
+            )
+            try:
+                outcome = self._session.prompt(
+                    obj_id, points=points, labels=labels, box=box, mask=mask, frame_key=stamp, publish=republish
+                )
+            except NoFrameError:
+                raise PromptError(
+                    f"no camera frame tracked yet (or since the last reset); publish images on {self._image_topic}"
+                ) from None
+            except StaleFrameError as exc:
+                raise PromptError(
+                    f"frame stamp {exc.requested} is not in memory: the node keeps only its newest frame "
+                    f"({exc.newest}); send stamp 0 to prompt the newest frame"
+                ) from None
+            result, header = outcome.result, outcome.frame
             resp.object = tracked_object(result, header, self.get_parameter("publish.object_masks").value)
-            verb = "started" if is_new else "refined"
+            verb = "started" if outcome.is_new else "refined"
             return (
-                f"object {obj_id} {verb} on frame {_stamp_str(header.stamp)}: {int(result.mask.sum())} pixels, "
+                f"object {obj_id} {verb} on frame {_stamp_str(header.stamp)}: {result.area} pixels, "
                 f"score {result.score:.2f}"
             )
 
@@ -402,35 +559,25 @@ class TrackerNode(Node):
 
     def _on_remove_object(self, req: RemoveObject.Request, resp: RemoveObject.Response) -> RemoveObject.Response:
         def run():
-            obj_id = check_obj_id(int(req.object_id))
-            with self._tracker_lock:
-                if obj_id not in self._tracker.object_ids:
-                    raise PromptError(f"unknown object id {obj_id}; tracked ids: {self._tracker.object_ids or 'none'}")
-                self._tracker.remove_object(obj_id)
-                with self._state_lock:
-                    self._objects.pop(obj_id, None)
-                left = self._tracker.object_ids
+            obj_id = int(req.object_id)
+            left = self._session.remove(obj_id)
             return f"object {obj_id} removed; still tracking {left or 'no objects'}"
 
         return self._answer(resp, run, "remove_object")
 
     def _on_reset(self, req: Reset.Request, resp: Reset.Response) -> Reset.Response:
         def run():
-            with self._tracker_lock:
-                n = len(self._tracker.object_ids)
-                self._reset_locked()
+            n = self._session.reset()
             return f"reset: forgot {n} object(s) and all memory; the next frame starts a new stream"
 
         return self._answer(resp, run, "reset")
 
     def _on_list_objects(self, req: ListObjects.Request, resp: ListObjects.Response) -> ListObjects.Response:
         def run():
-            # Answers from the snapshot, without waiting for a frame in the model.
-            with self._state_lock:
-                header, objects = self._frame_header, dict(self._objects)
-            header = header if header is not None else Image().header
-            resp.objects = [tracked_object(obj, header, False) for _, obj in sorted(objects.items())]
-            return f"{len(objects)} object(s): {sorted(objects) or 'none'}"
+            snap = self._session.snapshot()  # without waiting for a frame in the model
+            header = snap.frame if snap.frame is not None else Image().header
+            resp.objects = [tracked_object(obj, header, False) for _, obj in sorted(snap.objects.items())]
+            return f"{len(snap.objects)} object(s): {sorted(snap.objects) or 'none'}"
 
         return self._answer(resp, run, "list_objects")
 
@@ -449,48 +596,52 @@ class TrackerNode(Node):
         self._stats.add_latencies({f"service.{service}": time.perf_counter() - t0})
         return resp
 
-    def _reset_locked(self) -> None:
-        """Forget all objects and memory (caller holds _tracker_lock)."""
-        self._tracker.reset()
-        self._stream_size = None
-        with self._state_lock:
-            self._frame_header, self._frame_rgb, self._objects = None, None, {}
-
     # ------------------------------------------------------------------------------------------ housekeeping
 
-    def _publish_diagnostics(self) -> None:
-        now = time.monotonic()
-        snap = self._stats.snapshot(now - self._last_diag)
-        self._last_diag = now
+    def _publish_diagnostics(self, error: str = "") -> None:
+        if self._pub_diag is None:
+            return
+        snap = self._stats.snapshot()
         received = snap["totals"]["frames_received"]
         # nothing arrived for a whole period: say why, if the graph can (after discovery has had time to run)
-        if received == self._received_at_last_diag and now - self._started > INPUT_CHECK_GRACE_S:
+        idle = received == getattr(self, "_received_at_last_diag", -1)
+        if self.state == "active" and idle and time.monotonic() - self._activated_at > INPUT_CHECK_GRACE_S:
             problem = input_problem(
-                self.get_publishers_info_by_topic(self._sub.topic_name),
-                self._sub.topic_name,
-                f"sensor_msgs/msg/{self._sub.msg_type.__name__}",
+                self.get_publishers_info_by_topic(self._image_topic),
+                self._image_topic,
+                f"sensor_msgs/msg/{self._input_type.__name__}",
                 reliable=self.cfg["input.qos"] == "reliable",
             )
             if problem:
                 snap["last_problem"] = problem
                 self._warn_throttled(f"input: {problem}", problem, period=10.0)  # a new reason is logged at once
         self._received_at_last_diag = received
-        with self._state_lock:
-            n = len(self._objects)
+        session = self._session
+        n = len(session.snapshot().objects) if session is not None else 0
         name = f"{self.get_fully_qualified_name()}: tracking"
-        self._pub_diag.publish(diagnostics_message(snap, name, self.get_clock().now().to_msg(), n, self._model_name))
+        stamp = self.get_clock().now().to_msg()
+        self._pub_diag.publish(diagnostics_message(snap, name, stamp, n, self._model_name, self.state, error))
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         for param in params:
             spec = PARAMS_BY_NAME.get(param.name)
-            why = check_value(spec, param.value) if spec else None
+            if spec is None:
+                continue
+            why = check_value(spec, param.value)
+            if why is None and not spec.runtime and self.state != "unconfigured":
+                why = (
+                    f"{param.name} is read at configure: deactivate and clean up the node (ros2 lifecycle set "
+                    f"{self.get_fully_qualified_name()} cleanup), set it, then configure again"
+                )
             if why is None and param.name == "publish.label_encoding" and param.value == "mono8":
-                with self._state_lock:
-                    too_big = [i for i in self._objects if i > 255]
+                session = self._session
+                too_big = [i for i in (session.snapshot().objects if session else {}) if i > 255]
                 if too_big:
                     why = f"objects {too_big} have ids above 255, which mono8 cannot hold; remove them first"
             if why:
                 return SetParametersResult(successful=False, reason=why)
+        for param in params:
+            self._declare_problems.pop(param.name, None)
         return SetParametersResult(successful=True)
 
     def _warn_throttled(self, key: str, text: str, period: float = 2.0, error: bool = False) -> None:
@@ -500,14 +651,13 @@ class TrackerNode(Node):
             (self.get_logger().error if error else self.get_logger().warning)(text)
 
     def close(self) -> None:
-        self._running = False
-        self._slot.close()
-        self._worker.join(timeout=10.0)
+        """Stop the inference thread (at exit, whatever the lifecycle state)."""
+        self._stop_taking_frames()
 
 
 def tracked_object(obj: ObjectResult, header, with_mask: bool) -> TrackedObject:
     msg = TrackedObject(object_id=obj.obj_id, score=float(obj.score), visible=bool(obj.visible))
-    msg.reacquired = bool(getattr(obj, "reacquired", False))
+    msg.reacquired = obj.reacquired
     if obj.box is not None:
         x0, y0, x1, y1 = obj.box
         msg.bbox = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0 + 1, height=y1 - y0 + 1)
@@ -520,14 +670,32 @@ def _stamp_str(stamp: Time) -> str:
     return f"{stamp.sec}.{stamp.nanosec:09d}"
 
 
+def missing_params_files(args: list[str]) -> list[str]:
+    """Files named by --params-file that do not exist (rcl would refuse them with a bare parse error)."""
+    import os
+
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--params-file" and not os.path.isfile(args[i + 1])]
+
+
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = TrackerNode()
-    except (ConfigError, ParameterException) as exc:
-        print(f"tracker_node: cannot start: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
+    argv = sys.argv if args is None else args
+    missing = missing_params_files(list(argv))
+    if missing:
+        print(f"tracker_node: cannot start: parameters file {', '.join(missing)} does not exist", file=sys.stderr)
         return 2
+    rclpy.init(args=args)
+    node = TrackerNode()
+    if node.get_parameter("lifecycle.autostart").value:
+        if node.trigger_configure() != SUCCESS:
+            print(f"tracker_node: cannot start: {node.configure_error or node._error}", file=sys.stderr)
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 2
+        node.trigger_activate()
+    else:
+        node.get_logger().info(
+            f"unconfigured (lifecycle.autostart false): ros2 lifecycle set {node.get_fully_qualified_name()} configure"
+        )
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:

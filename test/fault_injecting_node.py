@@ -1,0 +1,45 @@
+"""The tracker node with a model that fails on marked frames: a frame whose top-left pixel is magenta raises a
+RuntimeError inside track(), cyan raises torch's out-of-memory error (as CUDA does). Used by test_node_lifecycle.py
+through `python -m fault_injecting_node` (test/ is on the node process's path)."""
+
+import sys
+
+import numpy as np
+import torch
+
+import threeam_model.factory as factory
+from threeam_ros import tracker_node
+
+FAIL = (255, 0, 255)
+OUT_OF_MEMORY = (0, 255, 255)
+
+
+class FaultInjectingTracker:
+    """Delegates to the real tracker; raises before touching it on marked frames, so its state stays intact."""
+
+    def __init__(self, tracker):
+        self._tracker = tracker
+
+    def track(self, frame, geometry=None):
+        marker = tuple(int(v) for v in frame[0, 0])
+        if marker == FAIL:
+            raise RuntimeError("injected model fault")
+        if marker == OUT_OF_MEMORY:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self._tracker.track(frame, geometry=geometry)
+
+    def __getattr__(self, name):
+        return getattr(self._tracker, name)
+
+
+def mark(rgb: np.ndarray, colour) -> np.ndarray:
+    rgb = rgb.copy()
+    rgb[0, 0] = colour
+    return rgb
+
+
+_build = factory.build_tracker
+factory.build_tracker = lambda cfg: FaultInjectingTracker(_build(cfg))
+
+if __name__ == "__main__":
+    sys.exit(tracker_node.main())
