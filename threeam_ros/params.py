@@ -132,6 +132,19 @@ PARAMS: tuple[Param, ...] = (
         "torch.compile the image encoder (and the 3AM merger) with static shapes; CUDA graphs on a GPU. The first "
         "frame then takes seconds to minutes.",
     ),
+    Param(
+        "model.backend",
+        "torch",
+        "Runtime of the per-frame modules: torch, or onnxruntime (the files threeam-export wrote, in "
+        "model.onnx_dir); prompts always run in PyTorch.",
+        choices=("torch", "onnxruntime"),
+    ),
+    Param("model.onnx_dir", "", "Folder written by threeam-export (model.backend onnxruntime)."),
+    Param(
+        "model.onnx_providers",
+        "cpu",
+        "ONNX Runtime execution providers in order of preference, comma-separated: cpu, cuda, tensorrt.",
+    ),
     Param("model.cpu_threads", 0, "Torch CPU threads (0: torch's default).", min_value=0),
     Param("model.seed", 0, "Seed for random weights (model.random_weights_tiny).", min_value=0),
     Param(
@@ -324,6 +337,9 @@ def tracker_config(cfg: dict):
             batch_objects=cfg["tracker.batch_objects"],
             memory_policy=cfg["tracker.memory_policy"],
             compile=cfg["model.compile"],
+            backend=cfg["model.backend"],
+            onnx_dir=cfg["model.onnx_dir"] or None,
+            onnx_providers=tuple(p.strip() for p in cfg["model.onnx_providers"].split(",") if p.strip()),
             must3r_max_keyframes=cfg["tracker.must3r_max_keyframes"],
             tiny=tiny,
             seed=cfg["model.seed"],
