@@ -52,9 +52,10 @@ class RoPE2D(nn.Module):
         return x * c + self._rotate_half(x) * s
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """tokens (B, heads, N, head_dim), pos (B, N, 2) int64 holding (row, col)."""
+        """tokens (B, heads, N, head_dim), pos (B, N, 2) int64 holding (row, col) of a grid of N tokens."""
         half = tokens.shape[-1] // 2
-        cos, sin = self._cos_sin(half, int(pos.max()) + 1, tokens.device, tokens.dtype)
+        # positions of a grid of N tokens are < N: a table of N rows avoids reading pos.max() from the device
+        cos, sin = self._cos_sin(half, pos.shape[-2], tokens.device, tokens.dtype)
         y, x = tokens.chunk(2, dim=-1)
         return torch.cat((self._rotate(y, pos[..., 0], cos, sin), self._rotate(x, pos[..., 1], cos, sin)), dim=-1)
 

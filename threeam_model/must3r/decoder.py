@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,12 +27,15 @@ class Must3rMemory:
 
     ``values[i]`` is (B, Nm, Dm) with Dm = 2*D in kv mode, D otherwise. ``labels`` (B, Nm) holds the image index of
     each token (indices continue from ``nimgs``, the number of images ever added, so they stay unique after
-    eviction). The memory is immutable: adding or dropping images returns a new object.
+    eviction). ``blocks`` says the same on the host, as (image index, token count) in memory order: each image's
+    tokens are contiguous, so reading the order or dropping an image never waits for the device. The memory is
+    immutable: adding or dropping images returns a new object.
     """
 
     values: list[torch.Tensor]
     labels: torch.Tensor
     nimgs: int
+    blocks: tuple[tuple[int, int], ...]
 
     @property
     def num_tokens(self) -> int:
@@ -40,15 +44,26 @@ class Must3rMemory:
     @property
     def image_ids(self) -> list[int]:
         """Image indices present, in memory order."""
-        return list(dict.fromkeys(self.labels[0].tolist()))
+        return [image for image, _ in self.blocks]
 
     def drop_images(self, image_ids) -> Must3rMemory:
         """A memory without the tokens of the given image indices."""
-        drop = torch.zeros_like(self.labels[0], dtype=torch.bool)
-        for i in image_ids:
-            drop |= self.labels[0] == int(i)
-        keep = ~drop
-        return Must3rMemory([v[:, keep] for v in self.values], self.labels[:, keep], self.nimgs)
+        drop = {int(i) for i in image_ids}
+        spans, start = [], 0
+        for image, count in self.blocks:
+            if image not in drop:
+                if spans and spans[-1][1] == start:  # extend the previous kept span
+                    spans[-1] = (spans[-1][0], start + count)
+                else:
+                    spans.append((start, start + count))
+            start += count
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            parts = [t[:, a:b] for a, b in spans] or [t[:, :0]]
+            return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+        blocks = tuple(b for b in self.blocks if b[0] not in drop)
+        return Must3rMemory([keep(v) for v in self.values], keep(self.labels), self.nimgs, blocks)
 
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.values)
@@ -78,8 +93,11 @@ def _autocast_dtype(default: torch.dtype) -> torch.dtype:
 
 
 def _shape_of_group(true_shape, n_tokens: int, patch: int) -> tuple[int, int]:
-    ts = torch.as_tensor(true_shape).reshape(-1, 2)
-    if not bool((ts == ts[:1]).all()):
+    # needed on the host: Must3rStream passes nested lists; a device tensor costs a read from the device
+    if isinstance(true_shape, torch.Tensor):
+        true_shape = true_shape.detach().cpu().tolist()
+    ts = np.asarray(true_shape, dtype=np.int64).reshape(-1, 2)
+    if not (ts == ts[:1]).all():
         raise ValueError(f"all images of one group must share true_shape, got {ts.tolist()}")
     h, w = (int(v) for v in ts[0])
     if (h // patch) * (w // patch) != n_tokens:
@@ -145,13 +163,14 @@ class Must3rDecoder(nn.Module):
 
     def empty_memory(self, batch: int, device, dtype) -> Must3rMemory:
         values = [torch.zeros((batch, 0, self.memory_dim), device=device, dtype=dtype) for _ in range(self.depth)]
-        return Must3rMemory(values, torch.zeros((batch, 0), dtype=torch.int64, device=device), 0)
+        return Must3rMemory(values, torch.zeros((batch, 0), dtype=torch.int64, device=device), 0, ())
 
     def forward(self, x, pos, true_shape, memory: Must3rMemory | None = None, render: bool = False):
         """Run one decoder call.
 
         x: encoder tokens (B, n, N, Denc), or a list of such groups (one per image shape) that share the call.
-        pos: (B, n, N, 2) int64 token (row, col), or a list. true_shape: (B, n, 2) [H, W], or a list.
+        pos: (B, n, N, 2) int64 token (row, col), or a list. true_shape: (B, n, 2) [H, W] (a tensor or nested
+        lists), or a list of those.
         Returns (memory, pointmaps, feats): the memory after the call (the same object when rendering), the raw
         head output (B, n, H, W, 7) (channels: pts3d world, pts3d_local, confidence logit) and a list of
         depth+1 features (B, n, N, .): [encoder tokens as given, output of block 1, ..., output of block depth with
@@ -223,16 +242,15 @@ class Must3rDecoder(nn.Module):
 
     @staticmethod
     def _keep_indices(Nm: int, sizes, device) -> list[torch.Tensor]:
-        """Per group, (n, Nm + new - N) indices into [memory | new tokens] leaving out each image's own tokens."""
+        """Per group, (n, Nm + new - N) indices into [memory | new tokens] leaving out each image's own tokens.
+
+        Built on the device by arithmetic (index i of the kept list skips the N own tokens once i reaches them)."""
         total = Nm + sum(n * t for n, t in sizes)
         out, offset = [], Nm
         for n, n_tok in sizes:
-            rows = []
-            for j in range(n):
-                own = torch.zeros(total, dtype=torch.bool)
-                own[offset + j * n_tok : offset + (j + 1) * n_tok] = True
-                rows.append(torch.nonzero(~own).squeeze(1))
-            out.append(torch.stack(rows).to(device))
+            kept = torch.arange(total - n_tok, device=device)
+            own_start = offset + n_tok * torch.arange(n, device=device)
+            out.append(kept + n_tok * (kept[None] >= own_start[:, None]))
             offset += n * n_tok
         return out
 
@@ -245,10 +263,11 @@ class Must3rDecoder(nn.Module):
             for old, blk, new in zip(memory.values, self.blocks_dec, stored_inputs)
         ]
         B = memory.labels.shape[0]
-        new_labels, next_id = [], memory.nimgs
+        new_labels, blocks, next_id = [], list(memory.blocks), memory.nimgs
         for n, n_tok in sizes:
             ids = torch.arange(next_id, next_id + n, device=memory.labels.device)
             new_labels.append(ids.repeat_interleave(n_tok).unsqueeze(0).expand(B, -1))
+            blocks += [(next_id + j, n_tok) for j in range(n)]
             next_id += n
         labels = torch.cat([memory.labels, *new_labels], dim=1)
-        return Must3rMemory(values, labels, next_id)
+        return Must3rMemory(values, labels, next_id, tuple(blocks))
