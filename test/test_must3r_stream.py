@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from threeam_model.interface import FrameError
 from threeam_model.must3r import load_must3r, tiny_must3r
-from threeam_model.must3r.stream import Must3rFrame, Must3rStream
+from threeam_model.must3r.stream import STAGES, Must3rFrame, Must3rStream
 
 TABLE_64x48 = {4 / 3: (64, 48)}  # the fixtures' frames are already 64x48: no resize
 ALWAYS_KEYFRAME = dict(overlap_thr=-1.0, min_conf=0.0)
@@ -132,3 +133,119 @@ def test_autocast_dtype_runs_and_stays_close(ref_dir):
         assert low.pts3d.dtype == torch.float32
         rel = ((low.pts3d - ref.pts3d).norm(dim=-1) / ref.pts3d.norm(dim=-1)).max().item()
         assert rel < 0.1
+
+
+class HostReads(TorchDispatchMode):
+    """Counts what, with the tensors on CUDA, would copy data from the device to the host.
+
+    On this CPU-only machine every tensor is on the host, so it counts the operations instead: a tensor read into
+    Python (`.item()`, `bool()`, `float()`, `int()`: aten._local_scalar_dense and friends), an operation whose
+    output size depends on the data (nonzero, boolean-mask indexing, unique, repeat_interleave without
+    output_size: CUDA reads the size), and the Python-side conversions `.tolist()`, `.numpy()`, `.cpu()`,
+    `np.asarray(tensor)`, which are patched for the duration."""
+
+    DATA_SIZED = {
+        torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._unique2, torch.ops.aten.unique_dim,
+        torch.ops.aten.unique_consecutive, torch.ops.aten._local_scalar_dense, torch.ops.aten.is_nonzero,
+        torch.ops.aten.equal,
+    }  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        packet = func.overloadpacket
+        if packet in self.DATA_SIZED:
+            self.reads.append(str(packet))
+        elif packet is torch.ops.aten.index and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]
+        ):
+            self.reads.append("boolean index")
+        elif packet is torch.ops.aten.repeat_interleave and isinstance(args[0 if len(args) == 1 else 1], torch.Tensor):
+            if kwargs.get("output_size") is None:
+                self.reads.append("repeat_interleave without output_size")
+        return func(*args, **kwargs)
+
+    def __enter__(self):
+        self._saved = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy", "cpu", "__array__")}
+        for name, method in self._saved.items():
+
+            def counted(t, *a, _name=name, _method=method, **k):
+                self.reads.append(_name)
+                return _method(t, *a, **k)
+
+            setattr(torch.Tensor, name, counted)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, method in self._saved.items():
+            setattr(torch.Tensor, name, method)
+        return super().__exit__(*exc)
+
+
+def test_a_step_reads_from_the_device_once():
+    """With the grid coverage index (the CUDA default), a step reads one small tensor: the keyframe decision."""
+    frames = list(_panning(40))
+    stream = Must3rStream(tiny_must3r(seed=3), image_size=TABLE_64x48, max_memory_images=6, coverage="grid",
+                          overlap_thr=0.05, min_conf=1.2)  # fmt: skip
+    for f in frames[:8]:  # the window budget settles
+        stream.step(f)
+    counted, decisions = [], []
+    for f in frames[8:]:
+        rereads = stream.coverage_rereads
+        with HostReads() as guard:
+            out = stream.step(f)
+        if stream.coverage_rereads == rereads:
+            counted.append(guard.reads)
+        decisions.append(out.is_keyframe)
+    assert len(counted) >= 28 and all(reads == ["tolist"] for reads in counted), counted
+    assert 0 < sum(decisions) < len(decisions)  # keyframes and others: both paths of the commit were read once
+    # the guard sees host reads: the KD-tree index reads the points every step
+    kdtree = Must3rStream(tiny_must3r(seed=3), image_size=TABLE_64x48, max_memory_images=6, coverage="kdtree")
+    kdtree.step(frames[0])
+    with HostReads() as guard:
+        kdtree.step(frames[1])
+    assert len(guard.reads) > 1 and "numpy" in guard.reads
+
+
+def _panning(n: int, h: int = 48, w: int = 64, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    pano = rng.integers(0, 256, (h, 4 * w, 3), dtype=np.uint8)
+    for i in range(n):
+        x = int((np.sin(i / 10.0) * 0.5 + 0.5) * 3 * w)
+        yield pano[:, x : x + w]
+
+
+def test_frame_timings_name_every_stage():
+    stream = Must3rStream(tiny_must3r(), image_size=TABLE_64x48)
+    frames = list(_panning(3))
+    for f in frames:
+        out = stream.step(f)
+        assert set(out.timings) == set(STAGES) and all(v >= 0 for v in out.timings.values())
+    assert sum(out.timings.values()) > 0
+
+
+def test_submit_changes_nothing_until_its_result_is_read():
+    frames = list(_panning(4))
+    reference = Must3rStream(tiny_must3r(), image_size=TABLE_64x48)
+    expected = [reference.step(f) for f in frames]
+    stream = Must3rStream(tiny_must3r(), image_size=TABLE_64x48)
+    stream.step(frames[0])
+    before = (stream.frame_count, stream.memory_images, stream.memory_tokens, len(stream.coverage))
+    abandoned = stream.submit(frames[3])  # never read: a later submit replaces it
+    assert (stream.frame_count, stream.memory_images, stream.memory_tokens, len(stream.coverage)) == before
+    pending = stream.submit(frames[1])
+    with pytest.raises(RuntimeError, match="superseded"):
+        abandoned.result()
+    got = [pending.result(), stream.submit(frames[2]).result(), stream.step(frames[3])]
+    assert pending.result() is got[0]  # read once
+    for a, b in zip(got, expected[1:]):
+        assert a.frame_index == b.frame_index and a.memory_images == b.memory_images
+        assert a.is_keyframe == b.is_keyframe and a.overlap_score == b.overlap_score
+        assert torch.equal(a.pts3d, b.pts3d) and a.focal == b.focal and torch.equal(a.c2w, b.c2w)
+    stale = stream.submit(frames[0])
+    stream.reset()
+    with pytest.raises(RuntimeError, match="superseded"):
+        stale.result()

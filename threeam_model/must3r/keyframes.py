@@ -2,19 +2,28 @@
 
 A frame is a keyframe when it shows enough content that the memory frames do not cover: its confident 3D points
 (subsampled) are compared with the points of the memory frames, binned by viewing direction from the camera centre
-(2*q^2 direction bins, one KD-tree each); each distance to the nearest memory point is divided by the point's depth,
-and the score is a percentile of those distances. Keyframe <=> first frame, or score > threshold and median
+(2*q^2 direction bins); each distance to the nearest memory point of its bin is divided by the point's depth, and
+the score is a percentile of those distances. Keyframe <=> first frame, or score > threshold and median
 confidence > min_conf. Unlike the official code, the points are kept per memory image, so an image evicted from a
 capped memory also leaves the coverage index (the region it covered counts as unseen again).
+
+The nearest-point queries go through a `CoverageIndex`. Two implement it, with the same answers:
+- `KDTreeIndex`: the official searcher (scipy KD-trees per bin, numpy bins), the fastest on a CPU; see below.
+- `coverage.GridIndex`: torch on the stream's device, never reading from it (for CUDA).
+Everything else here is torch on the stream's device: the frame's points keep a fixed size (low-confidence ones
+are marked invalid rather than removed) and the score and the decision stay tensors until the stream reads them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import numpy as np
 import torch
-from scipy.spatial import KDTree
+from scipy.spatial import cKDTree
+
+from .coverage import GridIndex, WindowBudget, direction_bins
 
 
 @dataclasses.dataclass
@@ -39,6 +48,29 @@ class KeyframeParams:
             raise ValueError(f"percentile must be in [0, 100], got {self.percentile}")
 
 
+class CoverageIndex(Protocol):
+    """The 3D points of the memory images, per direction bin, with nearest-point queries. Immutable."""
+
+    def __len__(self) -> int:
+        """Number of indexed images."""
+
+    def updated(self, add=(), drop=()) -> CoverageIndex:
+        """A new index without the images `drop` (ids) and with `add`: (image id, points (M, 3) world,
+        valid (M,) bool, camera centre (3,)) each."""
+
+    def nearest(self, pts: torch.Tensor, valid: torch.Tensor, cam_center: torch.Tensor):
+        """Distance (Q,) to the nearest indexed point of the same direction bin (inf if that bin is empty; any
+        value where not valid), a (Q,) bool mask of queries not answered exactly yet (or None), and a small
+        tensor of what the query needed (or None), to be passed to `learn` once it has been read."""
+
+    def nearest_exact(self, pts, valid, cam_center, distances, unresolved) -> torch.Tensor:
+        """`distances` with the `unresolved` queries answered exactly (may read from the device)."""
+
+    def learn(self, needed: list[float]) -> None:
+        """Size later queries from what this one needed (the values of `nearest`'s third output)."""
+
+
+# ------------------------------------------------------------------------------------------- official searcher
 def direction_bin(rays: np.ndarray, q: int, eps: float = 1e-5) -> np.ndarray:
     """Bin index in [0, 2q^2) of each direction (N, 3): theta = acos(z) in q bins, phi = atan2(y, x) in 2q bins."""
     rays = rays / np.linalg.norm(rays, axis=-1, keepdims=True).clip(eps)
@@ -47,94 +79,174 @@ def direction_bin(rays: np.ndarray, q: int, eps: float = 1e-5) -> np.ndarray:
     return (np.floor(theta * q).astype(int) + (np.floor(phi * q).astype(int) + q) * q).astype(int)
 
 
-class CoverageIndex:
-    """3D points of the memory images, per direction bin, with nearest-neighbour distance queries."""
+def _spatial_order(pts: np.ndarray) -> np.ndarray:
+    """A permutation putting nearby points next to each other (Morton order on a 1024^3 grid over their box).
 
-    def __init__(self, quadrant_divider: int = 2):
+    scipy builds a KD-tree about twice as fast from points in this order, and answers queries in this order about
+    twice as fast (both measured on 600k points): the same trees and answers, better memory locality."""
+    lo, hi = pts.min(0), pts.max(0)
+    cells = ((pts - lo) * (1023 / np.maximum(hi - lo, 1e-30))).astype(np.int64)
+    x = cells & 0x3FF
+    codes = np.zeros(len(pts), dtype=np.int64)
+    for axis in range(3):
+        c = x[:, axis]
+        c = (c | (c << 16)) & 0x30000FF
+        c = (c | (c << 8)) & 0x300F00F
+        c = (c | (c << 4)) & 0x30C30C3
+        c = (c | (c << 2)) & 0x9249249
+        codes |= c << axis
+    return np.argsort(codes, kind="stable")
+
+
+class KDTreeIndex:
+    """The official searcher: one scipy KD-tree per direction bin over the memory images' points.
+
+    The official code rebuilds every tree from every point on every keyframe. Here a bin's tree is built when a
+    query needs that bin and its images changed since its last build, from the points in spatial order; queries
+    run in spatial order too. Distances are scipy's (float64), exactly the official ones.
+    """
+
+    def __init__(self, quadrant_divider: int = 2, _images=None, _trees=None):
         self.q = quadrant_divider
         self.num_bins = 2 * quadrant_divider**2
-        self._points: dict[int, list[np.ndarray]] = {}  # image id -> points per bin
-        self._trees: list[KDTree | None] | None = None
+        self._images: dict[int, list[np.ndarray]] = dict(_images or {})  # image id -> points per bin
+        # bin -> (image ids it was built from, tree); shared between versions, valid for any version with those ids
+        self._trees: dict[int, tuple[tuple[int, ...], cKDTree]] = _trees if _trees is not None else {}
 
     def __len__(self) -> int:
-        return len(self._points)
+        return len(self._images)
 
     @property
     def num_points(self) -> int:
-        return sum(len(p) for bins in self._points.values() for p in bins)
+        return sum(len(p) for bins in self._images.values() for p in bins)
 
-    def add(self, image_id: int, pts: torch.Tensor, cam_center: torch.Tensor) -> None:
+    def updated(self, add=(), drop=()) -> KDTreeIndex:
+        images = {k: v for k, v in self._images.items() if k not in set(drop)}
+        for image, pts, valid, cam_center in add:
+            pts_np = pts.detach().float().cpu().numpy().reshape(-1, 3)[valid.detach().cpu().numpy().reshape(-1)]
+            bins = direction_bin(pts_np - cam_center.detach().float().cpu().numpy()[None], self.q)
+            images[image] = [pts_np[bins == b] for b in range(self.num_bins)]
+        return KDTreeIndex(self.q, images, self._trees)
+
+    def _tree(self, b: int) -> cKDTree | None:
+        ids = tuple(i for i in self._images if len(self._images[i][b]))
+        if not ids:
+            return None
+        cached = self._trees.get(b)
+        if cached is None or cached[0] != ids:
+            pts = np.concatenate([self._images[i][b] for i in ids])
+            # an unbalanced tree builds faster and answers the same exact nearest-neighbour queries
+            tree = cKDTree(pts[_spatial_order(pts)], balanced_tree=False, compact_nodes=False)
+            self._trees[b] = cached = (ids, tree)
+        return cached[1]
+
+    def nearest(self, pts: torch.Tensor, valid: torch.Tensor, cam_center: torch.Tensor):
         pts_np = pts.detach().float().cpu().numpy().reshape(-1, 3)
-        bins = direction_bin((pts - cam_center[None]).detach().float().cpu().numpy().reshape(-1, 3), self.q)
-        self._points[image_id] = [pts_np[bins == b] for b in range(self.num_bins)]
-        self._trees = None
-
-    def remove(self, image_id: int) -> None:
-        if self._points.pop(image_id, None) is not None:
-            self._trees = None
-
-    def clear(self) -> None:
-        self._points.clear()
-        self._trees = None
-
-    def _build(self) -> list[KDTree | None]:
-        if self._trees is None:
-            trees = []
-            for b in range(self.num_bins):
-                chunks = [bins[b] for bins in self._points.values() if len(bins[b])]
-                # an unbalanced tree builds ~2x faster and answers the same exact nearest-neighbour queries
-                trees.append(
-                    KDTree(np.concatenate(chunks), balanced_tree=False, compact_nodes=False) if chunks else None
-                )
-            self._trees = trees
-        return self._trees
-
-    def query(self, pts: torch.Tensor, cam_center: torch.Tensor) -> np.ndarray:
-        """Distance of each point (N, 3) to the nearest indexed point in its direction bin (inf if the bin is empty)."""
-        trees = self._build()
-        pts_np = pts.detach().float().cpu().numpy().reshape(-1, 3)
-        bins = direction_bin((pts - cam_center[None]).detach().float().cpu().numpy().reshape(-1, 3), self.q)
+        sel = np.flatnonzero(valid.detach().cpu().numpy().reshape(-1))
         dists = np.full(len(pts_np), np.inf)
-        for b in np.unique(bins):
-            sel = bins == b
-            if trees[b] is not None:
-                dists[sel] = trees[b].query(pts_np[sel], k=1)[0]
-        return dists
+        if len(sel):
+            q = pts_np[sel]
+            bins = direction_bin(q - cam_center.detach().float().cpu().numpy()[None], self.q)
+            for b in np.unique(bins):
+                tree = self._tree(int(b))
+                if tree is None:
+                    continue
+                rows = np.flatnonzero(bins == b)
+                rows = rows[_spatial_order(q[rows])]
+                dists[sel[rows]] = tree.query(q[rows], k=1)[0]
+        return torch.from_numpy(dists).to(pts.device), None, None
+
+    def nearest_exact(self, pts, valid, cam_center, distances, unresolved) -> torch.Tensor:
+        return distances
+
+    def learn(self, needed: list[float]) -> None:
+        pass
 
 
-def coverage_points(pts3d: torch.Tensor, conf: torch.Tensor, params: KeyframeParams) -> torch.Tensor:
-    """The subsampled confident points (M, 3) of a frame, as used for both the index and the score."""
+class GridCoverage:
+    """`coverage.GridIndex` behind the `CoverageIndex` interface: torch bins, the windowed strategy, and one
+    `WindowBudget` shared by the versions of a stream's index."""
+
+    def __init__(self, quadrant_divider: int = 2, device=None, _grid: GridIndex | None = None, _budget=None):
+        self.q = quadrant_divider
+        self.grid = _grid if _grid is not None else GridIndex(2 * quadrant_divider**2, device)
+        self.budget = _budget if _budget is not None else WindowBudget()
+
+    def __len__(self) -> int:
+        return len(self.grid)
+
+    @property
+    def num_points(self) -> int:
+        return self.grid.num_valid()
+
+    def _bins(self, pts, valid, cam_center) -> torch.Tensor:
+        bins = direction_bins(pts.float().reshape(-1, 3) - cam_center.float()[None], self.q)
+        return torch.where(valid.reshape(-1), bins, self.grid.num_bins)
+
+    def updated(self, add=(), drop=()) -> GridCoverage:
+        add = [(image, pts, self._bins(pts, valid, cam)) for image, pts, valid, cam in add]
+        return GridCoverage(self.q, _grid=self.grid.updated(add, drop), _budget=self.budget)
+
+    def nearest(self, pts, valid, cam_center):
+        return self.grid.nearest(pts, self._bins(pts, valid, cam_center), "windowed", self.budget)
+
+    def nearest_exact(self, pts, valid, cam_center, distances, unresolved) -> torch.Tensor:
+        return self.grid.nearest_exact(pts, self._bins(pts, valid, cam_center), distances, unresolved)
+
+    def learn(self, needed: list[float]) -> None:
+        self.budget.learn(needed)
+
+
+COVERAGE_INDEXES = ("auto", "kdtree", "grid")
+
+
+def coverage_index(kind: str, quadrant_divider: int, device: torch.device) -> CoverageIndex:
+    """An empty index: 'kdtree' (host, fastest on a CPU), 'grid' (device, no host reads), 'auto' (grid on CUDA)."""
+    if kind not in COVERAGE_INDEXES:
+        raise ValueError(f"coverage index must be one of {COVERAGE_INDEXES}, got {kind!r}")
+    if kind == "auto":
+        kind = "grid" if device.type == "cuda" else "kdtree"
+    return KDTreeIndex(quadrant_divider) if kind == "kdtree" else GridCoverage(quadrant_divider, device)
+
+
+# ------------------------------------------------------------------------------------------------ the test
+def coverage_points(pts3d: torch.Tensor, conf: torch.Tensor, params: KeyframeParams):
+    """The subsampled points (M, 3) of a frame and whether each is confident (M,), for the index and the score."""
     s = params.subsample
-    mask = conf[::s, ::s] > params.min_conf
-    return pts3d[::s, ::s][mask]
+    return pts3d[::s, ::s].reshape(-1, 3), (conf[::s, ::s] > params.min_conf).reshape(-1)
 
 
 def overlap_score(
-    index: CoverageIndex,
-    pts3d: torch.Tensor,
-    depth: torch.Tensor,
-    conf: torch.Tensor,
-    cam_center: torch.Tensor,
-    params: KeyframeParams,
-    eps: float = 1e-9,
-) -> float:
-    """Percentile of depth-normalised distances of the frame's confident points to the memory points ('nn-norm').
+    distances: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, params: KeyframeParams, eps: float = 1e-9
+) -> torch.Tensor:
+    """Percentile of the depth-normalised distances of the confident points to the memory points ('nn-norm'), as
+    a 0-dim float64 tensor on the points' device.
 
-    pts3d (H, W, 3) world, depth (H, W) camera z, conf (H, W). Unseen bins give float max; no confident point
-    gives 0.
-    """
+    distances, valid (M,) as from `coverage_points` and an index; depth (H, W) camera z. A point in an unseen bin
+    counts as float64 max (the official code puts np.finfo max there); no confident point gives 0. Linear
+    interpolation between order statistics, as np.percentile."""
     s = params.subsample
-    mask = conf[::s, ::s] > params.min_conf
-    if not bool(mask.any()):
-        return 0.0
-    dists = index.query(pts3d[::s, ::s][mask], cam_center)
-    dists = dists / (depth[::s, ::s][mask].detach().cpu().numpy() + eps)
-    dists[np.isposinf(dists)] = np.finfo(dists.dtype).max
-    return float(np.percentile(dists, params.percentile))
+    depth = depth[::s, ::s].reshape(-1)
+    norm = distances.double() / (depth.float() + eps)  # float32 + eps, as numpy does it with a float32 depth
+    norm = torch.where(norm == torch.inf, torch.finfo(torch.float64).max, norm)
+    ordered = torch.where(valid, norm, torch.inf).sort().values  # the confident ones first
+    count = valid.sum()
+    rank = (count - 1).clamp(min=0).double() * (params.percentile / 100.0)
+    below = rank.floor().long().view(1)
+    above = torch.minimum(below + 1, (count - 1).clamp(min=0).view(1))
+    a, b = ordered.index_select(0, below)[0], ordered.index_select(0, above)[0]
+    frac = rank - rank.floor()
+    score = torch.where(frac >= 0.5, b - (b - a) * (1 - frac), a + (b - a) * frac)  # numpy's lerp, both halves
+    return torch.where(count > 0, score, torch.zeros_like(score))
 
 
-def is_keyframe(score: float, conf: torch.Tensor, first: bool, params: KeyframeParams) -> bool:
-    if first:
-        return True
-    median_ok = (not params.require_median_conf) or float(conf.median()) > params.min_conf
-    return bool(score > params.overlap_thr and median_ok)
+def median_confident(conf: torch.Tensor, params: KeyframeParams) -> torch.Tensor:
+    """The median-confidence part of the keyframe test, a 0-dim bool tensor (True when not required)."""
+    if not params.require_median_conf:
+        return torch.ones((), dtype=torch.bool, device=conf.device)
+    return conf.median() > params.min_conf
+
+
+def is_keyframe(score: float, median_ok: bool, first: bool, params: KeyframeParams) -> bool:
+    """The official decision from the score and the median test (host values)."""
+    return bool(first or (score > params.overlap_thr and median_ok))
