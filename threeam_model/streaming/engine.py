@@ -331,6 +331,7 @@ class StreamingSAM2(Tracker):
         return image.to(self.device).unsqueeze(0)
 
     def _encode_frame(self, frame: np.ndarray, geometry: CameraGeometry | None, timings: dict):
+        self.features.start(frame, geometry)  # e.g. 3AM's MUSt3R, queued to run beside the image encoder
         t = time.perf_counter()
         backbone_out = self.steps.forward_image(self._preprocess(frame))
         t1 = time.perf_counter()

@@ -9,6 +9,7 @@ output (3AM: MUSt3R's pointmap, confidence, crop box) returns it, and the engine
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Protocol, runtime_checkable
@@ -33,6 +34,10 @@ class FeatureProvider(Protocol):
     def bind(self, sam2_model) -> None:
         """Check that this provider fits the SAM 2 model and move onto its device; raise ValueError if not."""
 
+    def start(self, frame: np.ndarray, geometry: CameraGeometry | None) -> None:
+        """Called before SAM 2's image encoder runs on the frame: work that does not need its output may start
+        here (3AM queues MUSt3R on a side CUDA stream). `__call__` follows for the same frame."""
+
     def __call__(self, backbone_out: dict, frame: np.ndarray, geometry: CameraGeometry | None) -> FeatureOutput:
         """backbone_out: `SAM2Base.forward_image` output for the frame ("backbone_fpn": stride 4, 8, 16 maps,
         "vision_pos_enc"); frame: the (H, W, 3) uint8 RGB frame; geometry: the caller's camera geometry, if any."""
@@ -55,6 +60,9 @@ class SamFeatures:
 
     def compile(self, mode: str | None) -> None:
         pass  # nothing to compile: the engine compiles the image encoder
+
+    def start(self, frame: np.ndarray, geometry: CameraGeometry | None) -> None:
+        pass
 
     def __call__(self, backbone_out: dict, frame: np.ndarray, geometry: CameraGeometry | None) -> FeatureOutput:
         return FeatureOutput(backbone_out["backbone_fpn"][-1])
@@ -87,6 +95,11 @@ class MergedFeatures:
 
     must3r: a `Must3rStream` (its own bounded memory, reset with the engine); merger: a `FeatureMerger` whose sizes
     match both models. The scene output is the frame's `Must3rFrame`.
+
+    MUSt3R needs only the frame, so `start` submits its step before SAM 2's image encoder runs: on CUDA on a side
+    stream, so the two models share the GPU, with the same kernels and results as one after the other (the merger
+    waits for both). Timings: "must3r" (host time of the step), "merger", and MUSt3R's stages as "must3r_<stage>"
+    (`Must3rFrame.timings`: device time on CUDA).
     """
 
     def __init__(self, must3r, merger):
@@ -105,6 +118,8 @@ class MergedFeatures:
         if missing:
             raise ValueError(f"the MUSt3R stream does not return decoder layers {missing}; add them to feat_layers")
         self._merge = self.merger
+        self._side = None  # the CUDA stream MUSt3R runs on
+        self._pending = None  # (frame, pending MUSt3R step, host seconds spent submitting it)
 
     def compile(self, mode: str | None) -> None:
         """Run the merger through torch.compile (static shapes per stream; MUSt3R itself stays eager)."""
@@ -116,16 +131,47 @@ class MergedFeatures:
             raise ValueError(f"merger sam_dim {self.merger.cfg.sam_dim} differs from SAM 2's width {width}")
         self.merger.to(sam2_model.device)
 
-    def __call__(self, backbone_out: dict, frame: np.ndarray, geometry: CameraGeometry | None) -> FeatureOutput:
+    def _on_side_stream(self):
+        """A context running on MUSt3R's side stream (CUDA), or a no-op."""
+        device = self.must3r.device
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        if self._side is None:
+            self._side = torch.cuda.Stream(device)
+        return torch.cuda.stream(self._side)
+
+    def start(self, frame: np.ndarray, geometry: CameraGeometry | None) -> None:
         t0 = time.perf_counter()
+        if self.must3r.device.type == "cuda":  # MUSt3R's inputs and outputs of earlier frames: in order
+            self._on_side_stream()  # makes the stream
+            self._side.wait_stream(torch.cuda.current_stream(self.must3r.device))
         # MUSt3R applies its own autocast (decoder only; pose and focal fitting need float32): leave the engine's
-        with torch.autocast(backbone_out["backbone_fpn"][-1].device.type, enabled=False):
-            scene = self.must3r.step(frame)
+        with self._on_side_stream(), torch.autocast(self.must3r.device.type, enabled=False):
+            pending = self.must3r.submit(frame)
+        self._pending = (frame, pending, time.perf_counter() - t0)
+
+    def __call__(self, backbone_out: dict, frame: np.ndarray, geometry: CameraGeometry | None) -> FeatureOutput:
+        if self._pending is None or self._pending[0] is not frame:  # a caller that did not start this frame
+            self.start(frame, geometry)
+        _, pending, submit_s = self._pending
+        self._pending = None
+        t0 = time.perf_counter()
+        with self._on_side_stream(), torch.autocast(self.must3r.device.type, enabled=False):
+            scene = pending.result()
+        if self._side is not None:
+            main = torch.cuda.current_stream(self.must3r.device)
+            main.wait_stream(self._side)
+            for t in (scene.enc_tokens, *scene.feats.values(), scene.pts3d, scene.pts3d_local, scene.conf,
+                      scene.rays, scene.c2w):  # fmt: skip
+                t.record_stream(main)  # made on the side stream, read on this one: not reused before it is done
         t1 = time.perf_counter()
         merged = merge_features(self._merge, backbone_out["backbone_fpn"][-1], scene, frame.shape[:2])
-        return FeatureOutput(merged, scene, {"must3r": t1 - t0, "merger": time.perf_counter() - t1})
+        timings = {"must3r": submit_s + t1 - t0, "merger": time.perf_counter() - t1}
+        timings.update({f"must3r_{stage}": seconds for stage, seconds in scene.timings.items()})
+        return FeatureOutput(merged, scene, timings)
 
     def reset(self) -> None:
+        self._pending = None
         self.must3r.reset()
 
     def nbytes(self) -> int:
