@@ -104,3 +104,20 @@ def test_bench_instances3d_table_and_plot(scenes, tmp_path, capsys):
     # the VOS benchmark is untouched by the task switch
     with pytest.raises(SystemExit):
         bench.main(["--task", "nope"])
+
+
+def test_tiny_3am_lifting_with_its_pointmaps(scenes, tmp_path):
+    out = tmp_path / "pointmap"
+    args = [str(scenes / "scene0"), "--method", "3am", "--tiny", "--device", "cpu", "-o", str(out), "--quiet",
+            "--geometry", "pointmap", "--max-frames", "8", "--keyframe-stride", "4", "--proposals", "oracle",
+            "--min-points", "1"]  # fmt: skip
+    assert cli.main(args) == 0
+    doc = json.loads((out / "instances.json").read_text())
+    n = doc["stats"]["cloud_points"]
+    assert n > 0 and doc["num_points"] == n and doc["data"]["geometry"] == "pointmap"
+    ids = np.load(out / "instances.npz")["ids"]
+    ply, faces = read_ply(out / "instances.ply")
+    assert len(ids) == len(ply["x"]) == n and faces is None  # the cloud grown from MUSt3R's pointmaps
+    assert "evaluation" in doc  # labels moved onto the scene's points (random MUSt3R: meaningless numbers)
+    # plain SAM 2 returns no pointmaps
+    assert cli.main([*args[:2], "sam2", *args[3:]]) == 2

@@ -42,6 +42,14 @@ class UsageError(ValueError):
 def add_scene_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="synthetic", help="scene layout (default: %(default)s)")
     p.add_argument("--label-map", help="scannet: scannetv2-labels.combined.tsv, for the ground truth")
+    p.add_argument(
+        "--geometry",
+        choices=("depth", "pointmap"),
+        default="depth",
+        help="lift with each frame's depth and pose onto the scene's points (default), or with the 3am tracker's "
+        "MUSt3R pointmaps onto a cloud grown from them (no depth used; evaluated by moving the labels onto the "
+        "scene's points)",
+    )
     p.add_argument("--frame-stride", type=int, default=1, help="use every N-th frame (default: 1)")
     p.add_argument("--max-frames", type=int, default=None, help="at most N frames (after --frame-stride)")
 
@@ -220,8 +228,9 @@ def _segment(scene, method, args):
         )
         progress = None if args.quiet else _progress(scene.name)
         run = segment_scene(
-            scene, tracker, proposals, pipeline_params(args), args.frame_stride, args.max_frames, progress
-        )
+            scene, tracker, proposals, pipeline_params(args), args.frame_stride, args.max_frames, progress,
+            args.geometry,
+        )  # fmt: skip
     if progress is not None:
         print(file=sys.stderr)
     return run
@@ -245,7 +254,7 @@ def _record(method_rec: dict, args, run) -> dict:
         "method": method_rec,
         "proposals": "oracle" if args.method == "oracle" else args.proposals,
         "data": {"layout": args.layout, "frame_stride": args.frame_stride, "max_frames": args.max_frames,
-                 "frames": run.frames},
+                 "frames": run.frames, "geometry": args.geometry},
         "params": dataclasses.asdict(pipeline_params(args)),
         "seconds": run.seconds,
     }  # fmt: skip

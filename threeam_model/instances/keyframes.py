@@ -35,6 +35,11 @@ class KeyframeSelector:
         self.covered = np.zeros(num_points, bool)  # scene points seen by a keyframe (coverage mode)
         self.last = None
 
+    def grow(self, num_points: int) -> None:
+        """More scene points exist now (a cloud grown from pointmaps); the new ones are not covered yet."""
+        if num_points > len(self.covered):
+            self.covered = np.concatenate([self.covered, np.zeros(num_points - len(self.covered), bool)])
+
     def __call__(self, frame_index: int, seen_points: np.ndarray) -> bool:
         """Whether frame `frame_index` (seeing scene points `seen_points`) is a keyframe; records it if so."""
         p = self.params

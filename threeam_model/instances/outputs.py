@@ -41,7 +41,8 @@ def write_outputs(out_dir, scene, result, record: dict) -> dict[str, pathlib.Pat
     instance_scores = np.array([inst["score"] for inst in result.instances], dtype=np.float64)
     np.savez_compressed(out / NPZ_FILE, ids=labels, scores=scores, instance_scores=instance_scores)
     colors = instance_colors(len(result.instances))[labels]
-    p = scene.points
+    p = result.points  # the scene's points, or the cloud grown from pointmaps (then without the mesh's faces)
+    faces = scene.faces if result.camera_centres is None else None
     vertex = {
         "x": p[:, 0].astype(np.float32),
         "y": p[:, 1].astype(np.float32),
@@ -52,7 +53,7 @@ def write_outputs(out_dir, scene, result, record: dict) -> dict[str, pathlib.Pat
         "instance": labels,
         "score": scores,
     }
-    write_ply(out / PLY_FILE, vertex, scene.faces)
+    write_ply(out / PLY_FILE, vertex, faces)
     instances = []
     for inst in result.instances:
         pts = p[labels == inst["id"]]

@@ -7,7 +7,8 @@ Per frame:
    mask, and is propagated forward from here on (no backward pass);
 3. every visible track's mask is eroded and lifted onto the scene points the frame sees, with the reprojection
    score as weight (lifting.py), into the track's 3D evidence; pairs of visible tracks record their 2D mask
-   overlap (merging.py);
+   overlap (merging.py). The frame's depth and pose say what it sees (RGB-D scenes), or without depth the
+   tracker's MUSt3R pointmap, onto a point cloud grown from those pointmaps (pointmaps.py);
 4. tracks run on while invisible, so a tracker that re-finds an object links its later masks to the same track
    (as the paper propagates every keyframe's proposals to all later frames). When the tracker is full (its
    max_objects) the track invisible the longest is retired to make room, and with `patience` set a track
@@ -38,8 +39,10 @@ from threeam_model.instances.merging import (
     merge_tracks,
     superpoint_fragments,
 )
+from threeam_model.instances.pointmaps import PointmapFrame, PointmapParams, VoxelCloud
+from threeam_model.instances.superpoints import superpoints as graph_superpoints
 from threeam_model.instances.voting import VoteParams, vote
-from threeam_model.interface import CameraGeometry, ObjectResult, Tracker
+from threeam_model.interface import CameraGeometry, ObjectResult, Tracker, mask_box
 
 
 @dataclasses.dataclass
@@ -48,6 +51,7 @@ class PipelineParams:
     lift: LiftParams = dataclasses.field(default_factory=LiftParams)
     merge: MergeParams = dataclasses.field(default_factory=MergeParams)
     vote: VoteParams = dataclasses.field(default_factory=VoteParams)
+    pointmap: PointmapParams = dataclasses.field(default_factory=PointmapParams)  # lifting without depth
     new_track_iou: float = 0.5  # a proposal with this IoU against a track's mask is that track, not a new one
     new_track_containment: float = 0.7  # ... as is one lying this much inside a track's mask
     patience: int | None = None  # frames a track may stay invisible before it is retired (None: until room is needed)
@@ -72,6 +76,10 @@ class InstanceResult:
     point_scores: np.ndarray  # (N,) float32 in [0, 1]: how consistently the point was seen inside its instance
     instances: list[dict]  # id, score, num_points, tracks, first_frame, last_frame, frames_visible
     stats: dict
+    points: np.ndarray  # (N, 3) the points labelled: the scene's, or the cloud grown from pointmaps
+    colors: np.ndarray | None = None  # (N, 3) uint8 of a grown cloud
+    camera_centres: np.ndarray | None = None  # (T, 3) per frame, in the points' frame (pointmap mode)
+    frame_poses: list | None = None  # the frames' own camera-to-world poses where they had them (pointmap mode)
 
     @property
     def scores(self) -> dict[int, float]:
@@ -83,24 +91,31 @@ class InstancePipeline:
 
     tracker: any `Tracker` (streaming SAM 2, 3AM, an oracle); its max objects caps the live tracks.
     proposals: callable (rgb, instance map or None) -> list of `Proposal` (proposals.py).
-    points: (N, 3) world coordinates of the scene's points (mesh vertices or a point cloud);
-    superpoints: (N,) superpoint id per point (superpoints.py, or the dataset's own).
+    points: (N, 3) world coordinates of the scene's points (mesh vertices or a point cloud), lifted onto with each
+        frame's depth and pose; None: no depth, the points grow from the tracker's MUSt3R pointmaps
+        (`FrameResult.scene`, the 3AM tracker's; pointmaps.py);
+    superpoints: (N,) superpoint id per point (superpoints.py, or the dataset's own); None: a graph segmentation of
+        the points at the end.
     """
 
-    def __init__(self, tracker: Tracker, proposals, points, superpoints, params: PipelineParams | None = None):
+    def __init__(self, tracker: Tracker, proposals, points, superpoints=None, params: PipelineParams | None = None):
         self.tracker = tracker
         self.proposals = proposals
-        self.points = np.asarray(points, np.float64)
-        self.superpoints = np.asarray(superpoints).reshape(-1)
-        if len(self.superpoints) != len(self.points):
-            raise ValueError(f"{len(self.superpoints)} superpoint ids for {len(self.points)} points")
+        self.from_pointmaps = points is None
+        self.points = None if points is None else np.asarray(points, np.float64)
+        self.superpoints = None if superpoints is None else np.asarray(superpoints).reshape(-1)
+        if self.superpoints is not None and (self.points is None or len(self.superpoints) != len(self.points)):
+            raise ValueError("superpoints need the scene's points, one id per point")
         self.params = params or PipelineParams()
         self.max_live = int(getattr(tracker, "max_objects", 64))
         self.reset()
 
     def reset(self) -> None:
         self.tracker.reset()
-        n = len(self.points)
+        n = 0 if self.from_pointmaps else len(self.points)
+        self.cloud = VoxelCloud(self.params.pointmap.voxel_size) if self.from_pointmaps else None
+        self.camera_centres: list[np.ndarray] = []
+        self.frame_poses: list[np.ndarray | None] = []
         self.keyframes = KeyframeSelector(n, self.params.keyframes)
         self.hits, self.seen = SparseCounts(n), SparseCounts(n)
         self.temporal = TemporalOverlap()
@@ -119,13 +134,18 @@ class InstancePipeline:
         return self.finish()
 
     def step(self, frame: Frame) -> None:
-        """One frame with RGB, depth, K and a camera-to-world pose."""
-        if not frame.has_geometry:
-            raise ValueError(f"frame {frame.index}: lifting needs depth, intrinsics and a pose")
+        """One frame: RGB with depth, K and a camera-to-world pose (or RGB only, lifting with pointmaps)."""
+        if not self.from_pointmaps and not frame.has_geometry:
+            raise ValueError(f"frame {frame.index}: lifting needs depth, intrinsics and a pose (or pointmaps)")
         t0 = time.perf_counter()
-        result = self.tracker.track(frame.rgb, CameraGeometry(frame.depth, frame.K, frame.pose))
+        geometry = CameraGeometry(frame.depth, frame.K, frame.pose) if frame.has_geometry else None
+        result = self.tracker.track(frame.rgb, geometry)
         t1 = time.perf_counter()
-        view = FrameView(self.points, frame.depth, frame.K, frame.pose, self.params.lift, self.params.check_depth)
+        to_view = None
+        if self.from_pointmaps:
+            view, to_view = self._pointmap_view(result.scene, frame)
+        else:
+            view = FrameView(self.points, frame.depth, frame.K, frame.pose, self.params.lift, self.params.check_depth)
         index = self.frames
         masks = {oid: obj for oid, obj in result.objects.items() if oid in self.live and obj.visible}
         t2 = time.perf_counter()
@@ -133,7 +153,7 @@ class InstancePipeline:
             self.keyframe_indices.append(index)
             masks.update(self._start_tracks(frame, masks, index))
         t3 = time.perf_counter()
-        self._lift(view, masks, index)
+        self._lift(view, masks, index, to_view)
         self._retire(index)
         self.frames += 1
         t4 = time.perf_counter()
@@ -175,16 +195,39 @@ class InstancePipeline:
                 return True
         return False
 
-    def _lift(self, view: FrameView, masks: dict[int, ObjectResult], index: int) -> None:
+    def _pointmap_view(self, scene, frame: Frame):
+        if scene is None or not hasattr(scene, "pts3d"):
+            raise ValueError(
+                "lifting without depth needs MUSt3R's pointmaps in FrameResult.scene (the 3am tracker gives them); "
+                f"{type(self.tracker).__name__} returned {type(scene).__name__}"
+            )
+        pm = PointmapFrame(scene, frame.rgb.shape[:2], self.params.pointmap)
+        self.cloud.add(*pm.confident_points(frame.rgb))
+        n = self.cloud.num_points
+        self.hits.num_points = self.seen.num_points = n
+        self.keyframes.grow(n)
+        self.camera_centres.append(pm.c2w[:3, 3].copy())
+        self.frame_poses.append(None if frame.pose is None else frame.pose.copy())
+        return pm.view(self.cloud.points, self.params.lift, self.params.check_depth), pm.to_view
+
+    def _lift(self, view: FrameView, masks: dict[int, ObjectResult], index: int, to_view=None) -> None:
+        """to_view: maps a frame-sized mask into the view's image (pointmap mode), None when they are the same."""
         erosion, margin = self.params.lift.erosion_px, self.params.merge.seen_margin_px
         windows = {}
         for obj_id, obj in masks.items():
             record = self.live[obj_id]
             x0, y0, x1, y1 = obj.box
             window = obj.mask[y0 : y1 + 1, x0 : x1 + 1]
-            idx, weight = view.points_in_window(obj.box, erode(window, erosion))
+            if to_view is None:
+                idx, weight = view.points_in_window(obj.box, erode(window, erosion))
+                near = view.points_in_box(obj.box, margin)
+            else:
+                mask = to_view(erode(obj.mask, erosion))
+                box = mask_box(mask)
+                idx, weight = view.points_in(mask)
+                near = view.points_in_box(box, margin) if box is not None else idx
             self.hits.add(record.row, idx, weight)
-            self.seen.add(record.row, view.points_in_box(obj.box, margin))
+            self.seen.add(record.row, near)
             record.last_visible, record.frames_visible = index, record.frames_visible + 1
             record.tracker_score_sum += obj.score
             windows[record.row] = (obj.box, window, obj.area)
@@ -222,11 +265,15 @@ class InstancePipeline:
         t0 = time.perf_counter()
         p = self.params
         n_tracks = len(self.tracks)
+        points = self.cloud.points if self.from_pointmaps else self.points
+        spx = self.superpoints
+        if spx is None:
+            spx = graph_superpoints(points) if len(points) > 1 else np.zeros(len(points), np.int64)
         hits, seen = self.hits.matrix(n_tracks), self.seen.matrix(n_tracks)
         support = fragment_support(hits, seen, p.merge.support_ratio)
-        grown = superpoint_fragments(support, seen, self.superpoints, p.vote.min_coverage)
+        grown = superpoint_fragments(support, seen, spx, p.vote.min_coverage)
         merged = merge_tracks(n_tracks, grown, self.temporal.scores(), p.merge)
-        voted = vote(merged.groups, hits, seen, self.superpoints, p.merge.support_ratio, p.vote)
+        voted = vote(merged.groups, hits, seen, spx, p.merge.support_ratio, p.vote)
         candidates = []
         for g, rows in enumerate(merged.groups):
             if voted.sizes[g] == 0:
@@ -236,7 +283,7 @@ class InstancePipeline:
             proposal = float(np.average([r.proposal_score for r in recs], weights=weights))
             candidates.append((float(voted.consistency[g]) * proposal, g, recs))
         candidates.sort(key=lambda c: (-c[0], c[1]))
-        labels = np.zeros(len(self.points), np.int32)
+        labels = np.zeros(len(points), np.int32)
         instances = []
         for new_id, (score, g, recs) in enumerate(candidates, start=1):
             labels[voted.labels == g + 1] = new_id
@@ -264,7 +311,11 @@ class InstancePipeline:
             "seconds": dict(self.timings),
             "evidence_bytes": self.state_nbytes,
         }
-        return InstanceResult(labels, point_scores, instances, stats)
+        if not self.from_pointmaps:
+            return InstanceResult(labels, point_scores, instances, stats, points)
+        stats["cloud_points"] = len(points)
+        cams = np.array(self.camera_centres).reshape(-1, 3)
+        return InstanceResult(labels, point_scores, instances, stats, points, self.cloud.colors, cams, self.frame_poses)
 
 
 __all__ = ["InstancePipeline", "InstanceResult", "PipelineParams", "TrackRecord"]

@@ -15,11 +15,13 @@ import numpy as np
 from threeam_model.data.frames import Frame, VideoSource
 from threeam_model.instances.evaluator import InstanceAP, SceneInstances, evaluate, masks_from_labels
 from threeam_model.instances.pipeline import InstancePipeline, InstanceResult, PipelineParams
+from threeam_model.instances.pointmaps import align_and_transfer, umeyama
 from threeam_model.instances.proposals import OracleProposals, SamProposalParams, SamProposals
 from threeam_model.instances.scenes import Scene3D
 from threeam_model.instances.superpoints import superpoints as graph_superpoints
 
 ORACLE = "oracle"
+GEOMETRIES = ("depth", "pointmap")
 
 
 class FrameSubset(VideoSource):
@@ -91,26 +93,90 @@ class SceneRun:
     frames: int
 
 
-def segment_scene(scene: Scene3D, tracker, proposals, params: PipelineParams | None = None, frame_stride: int = 1,
-                  max_frames: int | None = None, progress=None) -> SceneRun:  # fmt: skip
-    """Run the pipeline over a scene's frames (thinned), then evaluate against its ground truth if it has one."""
+def segment_scene(
+    scene: Scene3D,
+    tracker,
+    proposals,
+    params: PipelineParams | None = None,
+    frame_stride: int = 1,
+    max_frames: int | None = None,
+    progress=None,
+    geometry: str = "depth",
+) -> SceneRun:
+    """Run the pipeline over a scene's frames (thinned), then evaluate against its ground truth if it has one.
+
+    geometry: "depth" lifts onto the scene's points with each frame's depth and pose; "pointmap" ignores them and
+    lifts onto a cloud grown from the tracker's MUSt3R pointmaps (pointmaps.py); its labels are then moved onto
+    the scene's points for the evaluation (a similarity fitted between MUSt3R's and the dataset's cameras)."""
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
     t0 = time.perf_counter()
-    spx = scene_superpoints(scene)
-    t_superpoints = time.perf_counter() - t0
     frames = FrameSubset(scene.frames, frame_stride, max_frames)
-    pipe = InstancePipeline(tracker, proposals, scene.points, spx, params)
-    result = pipe.run(frames, progress)
-    result.stats["seconds"]["superpoints"] = t_superpoints
+    if geometry == "pointmap":
+        pipe = InstancePipeline(tracker, proposals, None, None, params)
+        result = pipe.run(WithoutDepth(frames), progress)
+        result.stats["seconds"]["superpoints"] = 0.0  # inside merge_and_vote: the cloud is complete only then
+    else:
+        spx = scene_superpoints(scene)
+        t_superpoints = time.perf_counter() - t0
+        pipe = InstancePipeline(tracker, proposals, scene.points, spx, params)
+        result = pipe.run(frames, progress)
+        result.stats["seconds"]["superpoints"] = t_superpoints
     evaluation = scene_instances = None
     if scene.gt is not None:
-        masks, scores = masks_from_labels(result.labels, result.scores)
+        labels = result.labels
+        if geometry == "pointmap":
+            labels = _moved_onto_scene(result, scene, pipe.params.pointmap.voxel_size)
+        masks, scores = masks_from_labels(labels, result.scores)
         scene_instances = SceneInstances(scene.gt, masks, scores, scene.name)
         evaluation = evaluate([scene_instances])
     return SceneRun(result, evaluation, scene_instances, time.perf_counter() - t0, len(frames))
 
 
+class WithoutDepth(VideoSource):
+    """A source's frames without depth and intrinsics (RGB-only lifting); the pose rides along only for the
+    evaluation's alignment."""
+
+    def __init__(self, source: VideoSource):
+        self.source, self.dataset = source, source.dataset
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def has_geometry(self) -> bool:
+        return False
+
+    def frame(self, index: int, with_rgb: bool = True) -> Frame:
+        return dataclasses.replace(self.source.frame(index, with_rgb=with_rgb), depth=None, K=None)
+
+
+def _moved_onto_scene(result: InstanceResult, scene: Scene3D, voxel_size: float) -> np.ndarray:
+    poses = result.frame_poses or []
+    if len(poses) < 3 or any(p is None for p in poses):
+        raise ValueError("evaluating pointmap lifting needs the frames' poses to align MUSt3R's frame to the scene")
+    dataset_cams = np.array([p[:3, 3] for p in poses])
+    scale = umeyama(result.camera_centres, dataset_cams)[0]
+    labels, _ = align_and_transfer(
+        result.points,
+        result.labels,
+        result.point_scores,
+        result.camera_centres,
+        dataset_cams,
+        scene.points,
+        max_distance=1.5 * voxel_size * scale,  # a voxel of the cloud, in the scene's units
+    )
+    return labels
+
+
 __all__ = [
+    "GEOMETRIES",
     "ORACLE",
+    "WithoutDepth",
     "PROPOSAL_SOURCES",
     "FrameSubset",
     "SceneRun",
