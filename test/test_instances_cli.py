@@ -46,9 +46,19 @@ def _check_outputs(out, scene_dir):
 
 def test_oracle_run_writes_consistent_files_and_scores(scenes, tmp_path, capsys):
     out = tmp_path / "oracle"
-    assert cli.main([str(scenes / "scene0"), "--method", "oracle", "-o", str(out), "--quiet"]) == 0
+    assert (
+        cli.main([str(scenes / "scene0"), "--method", "oracle", "-o", str(out), "--quiet", "--benchmark-format"]) == 0
+    )
     doc = _check_outputs(out, scenes / "scene0")
     assert doc["evaluation"]["num_gt"] == 4 and doc["evaluation"]["ap50"] >= 0.9
+    # the official evaluator's input format: one line per instance, one 0/1 per point in its mask file
+    ids = np.load(out / "instances.npz")["ids"]
+    lines = (out / "benchmark" / "scene0.txt").read_text().splitlines()
+    assert len(lines) == len(doc["instances"])
+    for line, inst in zip(lines, sorted(doc["instances"], key=lambda i: i["id"])):
+        rel, label, score = line.split()
+        assert label == "3" and float(score) == pytest.approx(inst["score"], abs=1e-6)
+        np.testing.assert_array_equal(np.loadtxt(out / "benchmark" / rel, dtype=int), ids == inst["id"])
     assert "AP50" in capsys.readouterr().out
 
 

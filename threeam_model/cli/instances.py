@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--gt-file", help="scannet: benchmark GT txt (label*1000+instance per vertex) instead of the aggregation"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--benchmark-format", action="store_true",
+                   help="also write OUT/benchmark/, the official ScanNet evaluator's prediction files")  # fmt: skip
     add_scene_arguments(p)
     add_model_arguments(p)
     add_pipeline_arguments(p)
@@ -264,7 +266,7 @@ def _record(method_rec: dict, args, run) -> dict:
 
 
 def _run(args) -> int:
-    from threeam_model.instances.outputs import write_outputs
+    from threeam_model.instances.outputs import write_benchmark_format, write_outputs
     from threeam_model.instances.scenes import open_scene
 
     scene = open_scene(args.scene, args.layout, args.label_map, args.gt_file)
@@ -273,6 +275,10 @@ def _run(args) -> int:
         print(f"{PROG}: RANDOM WEIGHTS ({method_rec['description']}): the instances mean nothing", file=sys.stderr)
     run = _segment(scene, method, args)
     files = write_outputs(args.output, scene, run.result, _record(method_rec, args, run))
+    if args.benchmark_format:
+        files["benchmark"] = write_benchmark_format(
+            pathlib.Path(args.output) / "benchmark", scene.name, run.result.labels, run.result.scores
+        )
     s = run.result.stats
     print(
         f"{scene.name}: {s['instances']} instances from {s['tracks']} tracks over {run.frames} frames "

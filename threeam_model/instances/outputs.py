@@ -70,6 +70,22 @@ def write_outputs(out_dir, scene, result, record: dict) -> dict[str, pathlib.Pat
     return {"npz": out / NPZ_FILE, "ply": out / PLY_FILE, "json": out / JSON_FILE}
 
 
+def write_benchmark_format(pred_dir, scene_name: str, labels: np.ndarray, scores: dict[int, float]) -> pathlib.Path:
+    """Predictions in the official ScanNet evaluator's input format, class-agnostic (every mask label 3, as the
+    class-agnostic runs feed it): pred_dir/<scene>.txt with one line `pred_mask/<scene>_<i>.txt 3 <score>` per
+    instance, and pred_dir/pred_mask/<scene>_<i>.txt with one 0/1 per point. Returns the scene's file."""
+    pred_dir = pathlib.Path(pred_dir)
+    (pred_dir / "pred_mask").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, inst_id in enumerate(sorted(scores)):
+        rel = f"pred_mask/{scene_name}_{i:03d}.txt"
+        np.savetxt(pred_dir / rel, (np.asarray(labels) == inst_id).astype(np.int32), fmt="%d")
+        lines.append(f"{rel} 3 {scores[inst_id]:f}")
+    out = pred_dir / f"{scene_name}.txt"
+    out.write_text("".join(line + "\n" for line in lines))
+    return out
+
+
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -78,4 +94,4 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-__all__ = ["JSON_FILE", "NPZ_FILE", "PLY_FILE", "instance_colors", "write_outputs"]
+__all__ = ["JSON_FILE", "NPZ_FILE", "PLY_FILE", "instance_colors", "write_benchmark_format", "write_outputs"]
