@@ -50,7 +50,7 @@ class TrackerConfig:
     dtype: str = "float32"  # "float32", or "bfloat16" to run the models under autocast
     max_objects: int = 16  # tracked at once; a new id beyond it is refused
     max_conditioning_frames: int = 8  # per object, prompted frames kept in memory
-    must3r_max_keyframes: int = 32  # MUSt3R memory cap (images)
+    must3r_max_keyframes: int = 32  # MUSt3R memory cap (images): fewer is faster, more is more accurate
     batch_objects: bool = True  # objects with one memory layout in one batch (False: the official per-object step)
     compile: bool = False  # torch.compile the image encoder (and 3AM's merger); CUDA graphs on CUDA
     memory_policy: str = "sam2"  # per-object memory: sam2 (official), dam4sam, sam2long (streaming.policies)
