@@ -38,8 +38,13 @@ def mark(rgb: np.ndarray, colour) -> np.ndarray:
     return rgb
 
 
-_build = factory.build_tracker
-factory.build_tracker = lambda cfg: FaultInjectingTracker(_build(cfg))
+def _install() -> None:
+    """Make the factory wrap every tracker it builds (only in the node process: importing this module for `mark`
+    must not change the factory of the test process)."""
+    build = factory.build_tracker
+    factory.build_tracker = lambda cfg: FaultInjectingTracker(build(cfg))
+
 
 if __name__ == "__main__":
+    _install()
     sys.exit(tracker_node.main())
