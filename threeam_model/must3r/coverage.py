@@ -6,7 +6,7 @@ rebuilds them from every memory point whenever a keyframe is added. `GridIndex` 
 from one sorted array instead:
 
 - Every point gets a key: its direction bin in the high bits, then the Morton code of its cell on a fixed grid
-  (cells of `cell` metres at level 0, 2^L times larger at level L). A cell of any level is then one contiguous run
+  (cells of size `cell` at level 0, 2^L times larger at level L). A cell of any level is then one contiguous run
   of the sorted keys, found by binary search. Invalid (low-confidence) points get a bin past the last one, so the
   arrays keep a fixed size per image and nothing depends on a count read from the device.
 - Adding and evicting images merges the new keys into the sorted array and compacts the evicted ones away:
@@ -39,6 +39,7 @@ SPLIT_AT = 48  # ragged: a visited cell holding more points than this is split i
 WINDOW = 128  # windowed: the most points read per cell; a cell holding more is split
 LEVEL0_PER_EXTENT = 4096  # the first image's extent spans this many level-0 cells
 _NEIGHBOURS = 2  # key-order neighbours on each side that give the first upper bound
+WINDOWS = (8, 16, 32, 64, WINDOW)  # the window sizes a budget chooses from (8 * 2^k, see _windows_on)
 
 
 @dataclasses.dataclass
@@ -65,9 +66,6 @@ class WindowBudget:
         # headroom: the next frame may well need twice as many splits, or one round more
         self.rounds = min(self.max_rounds, max(rounds_needed, 1 if crowded else 0) + 2)
         self.splits = max(256, 4 * max(peak, crowded))
-
-
-WINDOWS = (8, 16, 32, 64, WINDOW)  # the window sizes a budget chooses from (8 * 2^k, see _windows_on)
 
 
 def direction_bins(rays: torch.Tensor, q: int, eps: float = 1e-5) -> torch.Tensor:

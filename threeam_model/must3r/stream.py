@@ -176,7 +176,8 @@ class Must3rStream:
         dtype: float32, or bfloat16/float16 to run the decoder under autocast (CUDA; the encoder stays float32 as
         in the official code).
         coverage: the keyframe test's index: 'kdtree' (scipy on the host, the fastest on a CPU), 'grid' (torch on
-        the device, no host reads) or 'auto' (grid on CUDA, kdtree otherwise); both give the official answers."""
+        the device, no host reads) or 'auto' (grid on CUDA, kdtree otherwise), all with the official answers; or
+        a callable returning an empty `keyframes.CoverageIndex`."""
         self.model = model.eval()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
@@ -206,7 +207,7 @@ class Must3rStream:
         self.feat_layers = tuple(feat_layers)
         self.dtype = dtype
         self.coverage_kind = coverage
-        coverage_index(coverage, self.params.quadrant_divider, self.device)  # refuse a bad name now
+        self._empty_coverage()  # refuse a bad name now
         self.coverage_rereads = 0  # steps that needed a second read (grid queries beyond its fixed sizes)
         self.reset()
 
@@ -222,6 +223,8 @@ class Must3rStream:
         self._pending_token: object | None = None
 
     def _empty_coverage(self):
+        if callable(self.coverage_kind):
+            return self.coverage_kind()
         return coverage_index(self.coverage_kind, self.params.quadrant_divider, self.device)
 
     def _no_focal(self):
