@@ -7,7 +7,8 @@ One script, one run, well under 10 minutes on an H100 (a time budget stops each 
     python benchmarks/device_fps.py --part objects       # only the many-object part
     python benchmarks/device_fps.py --tiny --frames 3    # CPU smoke test of the script itself
 
-Part `3am`: SAM 2.1 b+ / l x MUSt3R 224 / 512, 1 and 4 objects. Part `objects`: SAM 2.1-t at 512 and 1024 px,
+Part `3am`: SAM 2.1 t / b+ / l x MUSt3R 224 / 512, 1 and 4 objects, with the median time of every stage of a 3AM
+frame (FrameResult.timings, 1 object). Part `objects`: SAM 2.1-t at 512 and 1024 px,
 1 / 4 / 16 objects, batched vs per-object, compile off / on, and the official `SAM2VideoPredictor` on the same
 clip in the same run (its `propagate_in_video` over a JPEG folder, objects prompted on frame 0); at 1024 the
 16-object frame time is set against memory attention's arithmetic alone (605 GFLOP per object and frame).
@@ -31,7 +32,11 @@ from threeam_model.data.synthetic import render_scene
 from threeam_model.factory import TrackerConfig, build_tracker
 from threeam_model.streaming import StreamingSAM2
 
-COMBOS = [("b+", "224"), ("b+", "512"), ("l", "224"), ("l", "512")]
+COMBOS = [("t", "224"), ("t", "512"), ("b+", "224"), ("b+", "512"), ("l", "224"), ("l", "512")]
+# FrameResult.timings of a 3AM frame, in the table's order: MUSt3R's stages are device times (CUDA events), the
+# others host times around the engine's steps
+STAGES_3AM = ("image_encoder", "must3r_encode", "must3r_decode", "must3r_postprocess", "must3r_pose",
+              "must3r_coverage", "must3r", "merger", "objects", "results", "total")  # fmt: skip
 
 
 def sync(device) -> None:
@@ -60,6 +65,23 @@ def fps(tracker, frames: np.ndarray, objects: int, warmup: int, device) -> float
         tracker.track(f)
     sync(device)
     return len(timed) / (time.perf_counter() - t0)
+
+
+def fps_and_stages(tracker, frames: np.ndarray, objects: int, warmup: int, device) -> tuple[float, dict]:
+    """`fps`, and the median milliseconds of every stage in the timed frames' FrameResult.timings."""
+    tracker.reset()
+    tracker.track(frames[0])
+    prompt(tracker, frames[0], objects)
+    for f in frames[1 : 1 + warmup]:
+        tracker.track(f)
+    sync(device)
+    timed, stages = frames[1 + warmup :], []
+    t0 = time.perf_counter()
+    for f in timed:
+        stages.append(tracker.track(f).timings)
+    sync(device)
+    rate = len(timed) / (time.perf_counter() - t0)
+    return rate, {k: 1e3 * float(np.median([t.get(k, np.nan) for t in stages])) for k in STAGES_3AM}
 
 
 MEMORY_ATTENTION_GFLOP_1024 = 605.0  # per object and frame, SAM 2.1 at 1024 px (counted earlier)
@@ -190,12 +212,12 @@ def main(argv=None) -> int:
             r = {
                 "sam2_1": fps(sam2, frames, 1, args.warmup, threeam.device),
                 "sam2_4": fps(sam2, frames, 4, args.warmup, threeam.device),
-                "3am_1": fps(threeam, frames, 1, args.warmup, threeam.device),
             }
+            r["3am_1"], stages = fps_and_stages(threeam, frames, 1, args.warmup, threeam.device)
             keyframes = len(threeam.features.must3r.memory_images)
             r["3am_4"] = fps(threeam, frames, 4, args.warmup, threeam.device)
         mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-        rows.append((variant, must3r, r, keyframes, mem))
+        rows.append((variant, must3r, r, keyframes, mem, stages))
         print(f"  SAM 2.1-{variant}@{args.image_size if not args.tiny else 64} + MUSt3R-{must3r}: "
               f"3AM {r['3am_1']:.1f} FPS (1 object), {r['3am_4']:.1f} FPS (4 objects); SAM 2 alone "
               f"{r['sam2_1']:.1f} / {r['sam2_4']:.1f} FPS; built in {build_s:.0f} s, MUSt3R memory images "
@@ -207,8 +229,16 @@ def main(argv=None) -> int:
 
     print("\n| SAM 2.1 | MUSt3R | 3AM FPS 1 obj | 3AM FPS 4 obj | SAM 2 FPS 1 obj | SAM 2 FPS 4 obj |")
     print("|---|---|---|---|---|---|")
-    for variant, must3r, r, _, _ in rows:
+    for variant, must3r, r, *_ in rows:
         print(f"| {variant} | {must3r} | {r['3am_1']:.1f} | {r['3am_4']:.1f} | {r['sam2_1']:.1f} | {r['sam2_4']:.1f} |")
+    print(
+        "\n3AM, 1 object: median ms per stage (must3r_*: MUSt3R's stages, device time on CUDA; must3r: host time of"
+        " its step; the rest: host time around the engine's steps)"
+    )
+    print("| SAM 2.1 | MUSt3R | " + " | ".join(STAGES_3AM) + " |")
+    print("|---|---|" + "---|" * len(STAGES_3AM))
+    for variant, must3r, *_, stages in rows:
+        print(f"| {variant} | {must3r} | " + " | ".join(f"{stages[k]:.1f}" for k in STAGES_3AM) + " |")
     print(f"device_fps: done in {time.perf_counter() - t_start:.0f} s")
     return 0
 
