@@ -155,26 +155,30 @@ def run_stream(stream, frames):
     return out
 
 
-def assert_same_runs(grid, kdtree):
+def assert_same_runs(grid, kdtree, streams):
     for i, (g, k) in enumerate(zip(grid, kdtree, strict=True)):
         assert g[0] == k[0] and g[2] == k[2] and g[3] == k[3], i
         np.testing.assert_allclose(g[1], k[1], rtol=REL, err_msg=f"frame {i}")
+    a, b = streams["grid"], streams["kdtree"]  # the same memory and the same indexed points at the end
+    assert all(torch.equal(x, y) for x, y in zip(a.memory.values, b.memory.values))
+    assert torch.equal(a.memory.labels, b.memory.labels) and a.memory.blocks == b.memory.blocks
+    assert len(a.coverage) == len(b.coverage) and a.coverage.num_points == b.coverage.num_points
 
 
 def test_grid_index_reproduces_the_official_slam_run(ref_dir):
     ref = torch.load(ref_dir / "tiny_kv_mlp_slam.pt", map_location="cpu", weights_only=True)
     p = ref["params"]
     frames = [f.numpy() for f in ref["frames_uint8"]]
-    runs = {}
+    runs, streams = {}, {}
     for kind in ("grid", "kdtree"):
-        stream = Must3rStream(
+        streams[kind] = stream = Must3rStream(
             load_must3r(ref_dir / "tiny_kv_mlp.pth"), image_size=p["res"], preprocessing="slam", max_memory_images=8,
             subsample=p["kf_x_subsamp"], overlap_thr=p["keyframe_overlap_thr"], min_conf=p["min_conf_keyframe"],
             percentile=p["overlap_percentile"], num_init_frames=p["num_init_frames"], coverage=kind,
         )  # fmt: skip
         runs[kind] = run_stream(stream, frames)
         assert isinstance(stream.coverage, GridCoverage if kind == "grid" else KDTreeIndex)
-    assert_same_runs(runs["grid"], runs["kdtree"])
+    assert_same_runs(runs["grid"], runs["kdtree"], streams)
     for (keyframe, scores, memory, tokens), rec in zip(runs["grid"], ref["per_frame"]):
         assert keyframe == rec["iskeyframe"] and memory == list(rec["keyframes"]) and tokens == rec["mem_tokens"]
         np.testing.assert_allclose(scores, rec["overlap_scores_this_call"], rtol=1e-4)
@@ -191,7 +195,7 @@ def test_grid_index_matches_the_kdtree_path_over_300_frames_with_evictions(ref_d
             protected_images=protected, overlap_thr=0.05, min_conf=1.2, coverage=kind,
         )  # fmt: skip
         runs[kind] = run_stream(streams[kind], frames)
-    assert_same_runs(runs["grid"], runs["kdtree"])
+    assert_same_runs(runs["grid"], runs["kdtree"], streams)
     keyframes = sum(r[0] for r in runs["kdtree"])
     assert 30 < keyframes < 270  # both decisions occur: the threshold sits inside this sweep's score range
     assert keyframes > 2 * cap and runs["kdtree"][-1][2][:protected] == [0, 1]  # the cap forced evictions
