@@ -192,3 +192,26 @@ def test_threeam_export_cli(tmp_path, capsys):
     assert main(["-o", str(tmp_path / "tiny"), "--tiny", "--object-batch", "1"]) == 0
     assert (tmp_path / "tiny" / "manifest.json").is_file() and "object batch 1" in capsys.readouterr().out
     assert main(["-o", str(tmp_path / "x"), "--variant", "t", "--sam2-checkpoint", str(tmp_path / "no.pt")]) == 2
+
+
+def test_3am_runs_on_the_onnxruntime_backend_with_its_merger_in_pytorch(tiny_export):
+    """method 3am + backend onnxruntime: SAM 2's modules on ONNX Runtime, MUSt3R and the merger in PyTorch; the same
+    masks as the PyTorch 3AM tracker (the untrained merger passes SAM 2's feature through)."""
+    _, folder = tiny_export
+    cfg = dict(tiny=True, seed=4, method="3am")
+    runs = {}
+    for backend in ("torch", "onnxruntime"):
+        extra = {"backend": backend, "onnx_dir": str(folder)} if backend == "onnxruntime" else {}
+        tracker = build_tracker(TrackerConfig(**cfg, **extra))
+        out = []
+        for i, frame in enumerate(moving_frames(8)):
+            result = tracker.track(frame)
+            assert result.scene is not None  # MUSt3R ran
+            out.append({k: o.mask_logits for k, o in result.objects.items()})
+            if i == 0:
+                tracker.add_prompt(1, box=[5, 10, 30, 35])
+        runs[backend] = out
+    for a, b in zip(runs["torch"], runs["onnxruntime"], strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert np.array_equal(a[k] > 0, b[k] > 0) and float(np.abs(a[k] - b[k]).max()) <= 1e-3
