@@ -192,6 +192,15 @@ def test_threeam_export_cli(tmp_path, capsys):
     assert main(["-o", str(tmp_path / "tiny"), "--tiny", "--object-batch", "1"]) == 0
     assert (tmp_path / "tiny" / "manifest.json").is_file() and "object batch 1" in capsys.readouterr().out
     assert main(["-o", str(tmp_path / "x"), "--variant", "t", "--sam2-checkpoint", str(tmp_path / "no.pt")]) == 2
+    # with the merger: the factory then runs 3AM's merger on ONNX Runtime too
+    assert main(["-o", str(tmp_path / "3am"), "--tiny", "--merger-for", "64x48", "--object-batch", "1"]) == 0
+    from threeam_model.export.runtime import OnnxMerger
+
+    cfg = TrackerConfig(tiny=True, method="3am", backend="onnxruntime", onnx_dir=str(tmp_path / "3am"))
+    tracker = build_tracker(cfg)
+    assert isinstance(tracker.features._merge, OnnxMerger)
+    assert tracker.track(next(moving_frames(1))).scene is not None
+    assert main(["-o", str(tmp_path / "y"), "--tiny", "--merger-for", "64by48"]) == 2
 
 
 def test_3am_runs_on_the_onnxruntime_backend_with_its_merger_in_pytorch(tiny_export):
@@ -215,3 +224,47 @@ def test_3am_runs_on_the_onnxruntime_backend_with_its_merger_in_pytorch(tiny_exp
         assert a.keys() == b.keys()
         for k in a:
             assert np.array_equal(a[k] > 0, b[k] > 0) and float(np.abs(a[k] - b[k]).max()) <= 1e-3
+
+
+def test_the_3am_merger_exports_for_one_camera_size_and_tracks_like_pytorch(tmp_path):
+    """A merger with non-trivial weights: the ONNX merger equals the module on a real MUSt3R frame, 3AM with SAM 2
+    and the merger on ONNX Runtime tracks like 3AM on PyTorch, and a frame of another size is refused."""
+    from threeam_model.export.onnx_export import export_merger
+    from threeam_model.export.runtime import OnnxMerger
+    from threeam_model.factory import build_must3r_model, must3r_stream
+    from threeam_model.streaming import MergedFeatures, merge_features
+
+    cfg = TrackerConfig(tiny=True, seed=4, method="3am")
+    reference = build_tracker(cfg)
+    merger = reference.features.merger
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in merger.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    frames = list(moving_frames(8))
+    with torch.inference_mode():
+        scene = reference.track(frames[0]).scene
+        sam_feat = torch.randn(1, merger.cfg.sam_dim, 4, 4, generator=g)
+        expected = merge_features(merger, sam_feat, scene, (48, 64))
+    export_sam2(reference.model, tmp_path, object_batch=1)
+    export_merger(merger, scene, (48, 64), sam_feat, tmp_path)
+    onnx_merger = OnnxMerger(tmp_path, merger)
+    assert float((merge_features(onnx_merger, sam_feat, scene, (48, 64)) - expected).abs().max()) <= 1e-4
+    onnx = StreamingSAM2(
+        reference.model,
+        features=MergedFeatures(must3r_stream(build_must3r_model(cfg), cfg, feat_layers=(0, 4, 7, 11)), merger,
+                                merge=onnx_merger),
+        steps=OnnxSteps(tmp_path, reference.model),
+    )  # fmt: skip
+    reference.reset()
+    for i, frame in enumerate(frames):
+        a, b = reference.track(frame), onnx.track(frame)
+        if i == 0:
+            a.objects[1] = reference.add_prompt(1, box=[5, 10, 30, 35])
+            b.objects[1] = onnx.add_prompt(1, box=[5, 10, 30, 35])
+        for k in a.objects:
+            x, y = a.objects[k].mask_logits, b.objects[k].mask_logits
+            assert np.array_equal(x > 0, y > 0) and float(np.abs(x - y).max()) <= 1e-3
+    with pytest.raises(ExportError, match="export again with --merger-for"):
+        onnx.reset()
+        onnx.track(np.zeros((40, 64, 3), np.uint8))

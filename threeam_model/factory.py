@@ -248,7 +248,13 @@ def build_threeam(cfg: TrackerConfig):
     if payload is not None:
         threeam_checkpoint.load_into(payload, merger, sam2, source=str(cfg.threeam_checkpoint))
     stream = must3r_stream(must3r, cfg, feat_layers=(0, *merger_cfg.merge_layers))
-    return StreamingSAM2(sam2, features=MergedFeatures(stream, merger.to(device)), **_stream_options(cfg, sam2))
+    merge = None
+    if cfg.backend == "onnxruntime" and os.path.isfile(os.path.join(cfg.onnx_dir, "merger.json")):
+        from threeam_model.export.runtime import OnnxMerger
+
+        merge = OnnxMerger(cfg.onnx_dir, merger, cfg.onnx_providers)
+    features = MergedFeatures(stream, merger.to(device), merge=merge)
+    return StreamingSAM2(sam2, features=features, **_stream_options(cfg, sam2))
 
 
 def must3r_stream(must3r_model, cfg: TrackerConfig, **kwargs):

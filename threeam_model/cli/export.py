@@ -2,6 +2,7 @@
 
     threeam-export -o onnx/t512 --variant t --image-size 512              # official weights from the weights folder
     threeam-export -o onnx/tiny --tiny                                     # tiny random model (tests, smoke runs)
+    threeam-export -o onnx/3am --variant l --checkpoint 3am.pt --merger-for 640x480   # + 3AM's merger for 640x480
     threeam-track clip.mp4 -o out --box 1:10,10,90,90 --variant t --image-size 512 \
         --backend onnxruntime --onnx onnx/t512
 
@@ -17,8 +18,11 @@ import argparse
 import sys
 import time
 
-from threeam_model.export.onnx_export import ExportError, export_sam2
-from threeam_model.factory import TrackerConfig, build_sam2_model, resolve_weights
+import numpy as np
+import torch
+
+from threeam_model.export.onnx_export import ExportError, export_merger, export_sam2
+from threeam_model.factory import TrackerConfig, build_sam2_model, build_tracker, resolve_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,22 +37,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-slots", type=int, default=None, help="spatial memory slots (default: 8 + num_maskmem - 1)")
     p.add_argument("--pointer-slots", type=int, default=None, help="object-pointer slots (default: 8 + 15)")
     p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--merger-for", metavar="WxH", help="also export 3AM's merger for frames of this size")
+    p.add_argument("--must3r", choices=("224", "512"), default="512", help="MUSt3R release (with --merger-for)")
+    p.add_argument("--must3r-checkpoint", default="auto", help="official MUSt3R .pth (with --merger-for)")
+    p.add_argument("--checkpoint", help="3AM checkpoint (trained merger + heads), with --merger-for")
     return p
+
+
+def _export_merger(tracker, size: str, folder: str, opset: int) -> None:
+    """One MUSt3R step on a blank frame of the size gives the token grid and crop box the merger is fixed to."""
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ExportError(f"--merger-for {size!r}: expected WxH, e.g. 640x480") from None
+    with torch.inference_mode():
+        result = tracker.track(np.zeros((h, w, 3), np.uint8))
+        backbone = tracker.steps.forward_image(tracker._preprocess(np.zeros((h, w, 3), np.uint8)))
+    sam_feat = backbone["backbone_fpn"][-1].clone()
+    export_merger(tracker.features.merger, result.scene, (h, w), sam_feat, folder, opset)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        method = "3am" if args.merger_for else "sam2"
         if args.tiny:
-            cfg = TrackerConfig(tiny=True, method="sam2")
+            cfg = TrackerConfig(tiny=True, method=method, threeam_checkpoint=args.checkpoint)
         else:
-            cfg = TrackerConfig(method="sam2", variant=args.variant, image_size=args.image_size,
-                                sam2_checkpoint=None if args.random_weights else args.sam2_checkpoint)  # fmt: skip
+            cfg = TrackerConfig(method=method, variant=args.variant, image_size=args.image_size, must3r=args.must3r,
+                                sam2_checkpoint=None if args.random_weights else args.sam2_checkpoint,
+                                must3r_checkpoint=None if args.random_weights else args.must3r_checkpoint,
+                                threeam_checkpoint=args.checkpoint)  # fmt: skip
             cfg, missing = resolve_weights(cfg)
             if missing and not args.random_weights:
                 raise ExportError("; ".join(missing) + " (or pass --random-weights to export random weights)")
         t0 = time.perf_counter()
-        model = build_sam2_model(cfg).eval()
+        if args.merger_for:
+            tracker = build_tracker(cfg)
+            model = tracker.model.eval()
+            _export_merger(tracker, args.merger_for, args.output, args.opset)
+        else:
+            model = build_sam2_model(cfg).eval()
         manifest = export_sam2(model, args.output, args.object_batch, args.memory_slots, args.pointer_slots,
                                args.opset)  # fmt: skip
     except (ExportError, ValueError, FileNotFoundError) as exc:

@@ -160,6 +160,30 @@ class MemoryEncoder(nn.Module):
         return features
 
 
+class Merger(nn.Module):
+    """3AM's Feature Merger for one camera resolution: MUSt3R's token grid, the frame size and MUSt3R's crop box are
+    fixed at export. Inputs: SAM 2's stride-16 feature (1, C, Hs, Ws), MUSt3R's encoder tokens (1, N, Denc), world
+    pointmap and ray map (1, H', W', 3), and the merged decoder layers' tokens (1, N, D) in `layers` order."""
+
+    def __init__(self, merger, token_grid, image_size, crop_box, layers):
+        super().__init__()
+        self.merger = merger
+        self.token_grid, self.image_size = tuple(token_grid), tuple(image_size)
+        self.crop_box, self.layers = tuple(float(v) for v in crop_box), tuple(layers)
+
+    def forward(self, sam_feat, enc_tokens, pts3d, rays, *layer_feats):
+        return self.merger(
+            sam_feat,
+            enc_tokens=enc_tokens,
+            layer_feats=dict(zip(self.layers, layer_feats, strict=True)),
+            pts3d=pts3d,
+            rays=rays,
+            token_grid=self.token_grid,
+            image_size=self.image_size,
+            crop_box=self.crop_box,
+        )
+
+
 def mask_for_memory(model, high_res_masks: torch.Tensor, is_mask_from_pts: bool) -> torch.Tensor:
     """SAM 2's mask preparation before the memory encoder (`_encode_new_memory`)."""
     if model.binarize_mask_from_pts_for_mem_enc and is_mask_from_pts:
@@ -173,4 +197,4 @@ def mask_for_memory(model, high_res_masks: torch.Tensor, is_mask_from_pts: bool)
     return mask
 
 
-__all__ = ["ImageEncoder", "MemoryAttention", "MemoryEncoder", "SamHeads", "mask_for_memory"]
+__all__ = ["ImageEncoder", "MemoryAttention", "MemoryEncoder", "Merger", "SamHeads", "mask_for_memory"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from threeam_model.export.modules import ImageEncoder, MemoryAttention, MemoryEncoder, SamHeads
+from threeam_model.export.modules import ImageEncoder, MemoryAttention, MemoryEncoder, Merger, SamHeads
 
 FILES = {
     "image_encoder": "image_encoder.onnx",
@@ -26,6 +26,7 @@ FILES = {
     "memory_encoder": "memory_encoder.onnx",
 }
 MANIFEST = "manifest.json"
+MERGER, MERGER_MANIFEST = "merger.onnx", "merger.json"
 
 
 class ExportError(RuntimeError):
@@ -128,4 +129,42 @@ def export_sam2(
     return manifest
 
 
-__all__ = ["FILES", "MANIFEST", "ExportError", "default_slots", "export_sam2", "require_onnx"]
+def export_merger(merger, scene, image_size: tuple[int, int], sam_feat: torch.Tensor, folder, opset: int = 18) -> dict:
+    """Write 3AM's merger for one camera resolution (`merger.onnx`, `merger.json`): `scene` is a `Must3rFrame` of a
+    frame of that size (its token grid and crop box are fixed in the file), `sam_feat` SAM 2's stride-16 feature."""
+    require_onnx()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    layers = [i for i in merger.cfg.merge_layers if i in scene.feats]
+    module = Merger(merger.eval(), scene.token_grid, image_size, scene.crop_box, layers)
+    args = (
+        sam_feat,
+        scene.enc_tokens[None],
+        scene.pts3d[None],
+        scene.rays[None],
+        *[scene.feats[i][None] for i in layers],
+    )
+    names = ["sam_feat", "enc_tokens", "pts3d", "rays", *[f"layer_{i}" for i in layers]]
+    _export(module, args, folder / MERGER, names, ["merged"], opset)
+    manifest = {
+        "image_size": list(image_size),
+        "token_grid": list(scene.token_grid),
+        "crop_box": [float(v) for v in scene.crop_box],
+        "layers": layers,
+        "sam_feat": list(sam_feat.shape),
+    }
+    (folder / MERGER_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+__all__ = [
+    "FILES",
+    "MANIFEST",
+    "MERGER",
+    "MERGER_MANIFEST",
+    "ExportError",
+    "default_slots",
+    "export_merger",
+    "export_sam2",
+    "require_onnx",
+]

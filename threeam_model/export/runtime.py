@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from threeam_model.export.modules import mask_for_memory
-from threeam_model.export.onnx_export import FILES, MANIFEST, ExportError
+from threeam_model.export.onnx_export import FILES, MANIFEST, MERGER, MERGER_MANIFEST, ExportError
 from threeam_model.streaming.batched import MemoryTokens
 
 PROVIDERS = {
@@ -169,4 +169,36 @@ class OnnxSteps:
         return self._tensor(maskmem)[:n], self._maskmem_pos
 
 
-__all__ = ["PROVIDERS", "OnnxSteps"]
+class OnnxMerger:
+    """3AM's merger on ONNX Runtime, in place of the FeatureMerger in `MergedFeatures(merge=...)`: same call as the
+    module (as `merge_features` makes it); frames of another size or crop than the export are refused."""
+
+    def __init__(self, folder, merger, providers: tuple[str, ...] = ("cpu",), threads: int | None = None):
+        ort = _onnxruntime()
+        folder = Path(folder)
+        if not (folder / MERGER_MANIFEST).is_file():
+            raise ExportError(f"no {MERGER_MANIFEST} in {folder}: export the merger (threeam-export --merger-for WxH)")
+        self.manifest = json.loads((folder / MERGER_MANIFEST).read_text())
+        self.cfg = merger.cfg  # merge_features reads which layers to pass
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(folder / MERGER), options, providers=[PROVIDERS[p] for p in providers])
+
+    def __call__(self, sam_feat, enc_tokens, layer_feats, pts3d, rays, token_grid, image_size, crop_box):
+        m = self.manifest
+        got = (list(token_grid), list(image_size), [float(v) for v in crop_box])
+        if got != (m["token_grid"], m["image_size"], m["crop_box"]):
+            raise ExportError(
+                f"the merger was exported for {m['image_size'][1]}x{m['image_size'][0]} frames (MUSt3R grid "
+                f"{m['token_grid']}, crop {m['crop_box']}); this frame is {image_size[1]}x{image_size[0]} "
+                f"(grid {list(token_grid)}, crop {list(crop_box)}): export again with --merger-for"
+            )
+        feed = {"sam_feat": sam_feat, "enc_tokens": enc_tokens, "pts3d": pts3d, "rays": rays}
+        feed.update({f"layer_{i}": layer_feats[i] for i in m["layers"]})
+        feed = {k: v.detach().float().cpu().numpy() for k, v in feed.items()}
+        (merged,) = self.session.run(None, feed)
+        return torch.from_numpy(merged).to(sam_feat.device, sam_feat.dtype)
+
+
+__all__ = ["PROVIDERS", "OnnxMerger", "OnnxSteps"]

@@ -102,7 +102,8 @@ class MergedFeatures:
     (`Must3rFrame.timings`: device time on CUDA).
     """
 
-    def __init__(self, must3r, merger):
+    def __init__(self, must3r, merger, merge=None):
+        """merge: what runs the merger, with the module's call (e.g. export.runtime.OnnxMerger); None = the module."""
         self.must3r = must3r
         self.merger = merger.eval()
         enc_dim = must3r.model.encoder.embed_dim
@@ -117,13 +118,14 @@ class MergedFeatures:
         missing = sorted(set(merger.cfg.merge_layers) - set(must3r.feat_layers))
         if missing:
             raise ValueError(f"the MUSt3R stream does not return decoder layers {missing}; add them to feat_layers")
-        self._merge = self.merger
+        self._merge = self.merger if merge is None else merge
         self._side = None  # the CUDA stream MUSt3R runs on
         self._pending = None  # (frame, pending MUSt3R step, host seconds spent submitting it)
 
     def compile(self, mode: str | None) -> None:
         """Run the merger through torch.compile (static shapes per stream; MUSt3R itself stays eager)."""
-        self._merge = torch.compile(self.merger, dynamic=False, mode=mode)
+        if self._merge is self.merger:  # another runtime stays as it is
+            self._merge = torch.compile(self.merger, dynamic=False, mode=mode)
 
     def bind(self, sam2_model) -> None:
         width = sam2_model.hidden_dim
