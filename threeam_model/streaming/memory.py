@@ -36,11 +36,6 @@ class ObjectMemory:
         # order `select_closest_cond_frames` lists them, latest first: same order, same floating-point sums.
         self.cond_latest_first = False
 
-    def nbytes(self) -> int:
-        """Bytes of the tensors this bank holds (each storage once)."""
-        storages = {(t.untyped_storage().data_ptr(), t.device): t.untyped_storage().nbytes() for t in self.tensors()}
-        return sum(storages.values())
-
     def frames(self) -> dict[str, list[int]]:
         return {"cond": sorted(self.cond), "non_cond": sorted(self.non_cond)}
 
