@@ -53,18 +53,7 @@ def prompt(tracker, frame: np.ndarray, n: int) -> None:
 
 
 def fps(tracker, frames: np.ndarray, objects: int, warmup: int, device) -> float:
-    tracker.reset()
-    tracker.track(frames[0])
-    prompt(tracker, frames[0], objects)
-    for f in frames[1 : 1 + warmup]:
-        tracker.track(f)
-    sync(device)
-    t0 = time.perf_counter()
-    timed = frames[1 + warmup :]
-    for f in timed:
-        tracker.track(f)
-    sync(device)
-    return len(timed) / (time.perf_counter() - t0)
+    return fps_and_stages(tracker, frames, objects, warmup, device)[0]
 
 
 def fps_and_stages(tracker, frames: np.ndarray, objects: int, warmup: int, device) -> tuple[float, dict]:

@@ -16,9 +16,9 @@ import statistics
 import time
 
 import torch
+from bench_models import prompt_side_by_side, sam2_by_name
 
 from threeam_model.data.synthetic import render_scene
-from threeam_model.sam2_build import build_sam2
 from threeam_model.streaming import StreamingSAM2
 from threeam_model.streaming.policies import MEMORY_POLICIES, policy_options
 
@@ -35,16 +35,13 @@ def main(argv=None) -> int:
     print("| model | policy | objects | ms/frame | x sam2 | state (KB) |")
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        model = build_sam2(tiny=True, seed=4) if name == "tiny" else build_sam2("t", image_size=int(name[1:]))
-        model.eval()
+        model = sam2_by_name(name)
         for n in (1, 4):
             base = None
             for policy in MEMORY_POLICIES:
                 tracker = StreamingSAM2(model, **policy_options(policy, model, 8))
                 tracker.track(clip[0])
-                for k in range(n):
-                    x0 = 640 * k // n
-                    tracker.add_prompt(k + 1, box=[x0 + 4, 120, x0 + 640 // n - 4, 360])
+                prompt_side_by_side(tracker, n)
                 times = []
                 with torch.inference_mode():
                     for i, frame in enumerate(clip[1:]):

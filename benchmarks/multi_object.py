@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 import torch
+from bench_models import sam2_by_name
 
 from threeam_model.interface import FrameResult, ObjectResult
-from threeam_model.sam2_build import build_sam2
 from threeam_model.streaming import StreamingSAM2
 from threeam_model.streaming.results import compose_dense, compose_sparse, upsample
 
@@ -146,11 +146,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     goal = {}
     for name in args.models.split(","):
-        if name == "tiny":
-            model = build_sam2(tiny=True, seed=4, device=args.device)
-        else:
-            model = build_sam2("t", image_size=int(name[1:]), device=args.device)
-        model.eval()
+        model = sam2_by_name(name, args.device)
         for size in args.sizes.split(","):
             w, h = (int(v) for v in size.split("x"))
             clip = frames(args.frames + 1, h, w)

@@ -16,19 +16,17 @@ import tempfile
 import time
 
 import torch
+from bench_models import prompt_side_by_side, sam2_by_name
 
 from threeam_model.data.synthetic import render_scene
 from threeam_model.export.onnx_export import export_sam2
 from threeam_model.export.runtime import OnnxSteps
-from threeam_model.sam2_build import build_sam2
 from threeam_model.streaming import StreamingSAM2
 
 
 def time_run(tracker, clip, objects: int, device: str) -> float:
     tracker.track(clip[0])
-    for k in range(objects):
-        x0 = 640 * k // objects
-        tracker.add_prompt(k + 1, box=[x0 + 4, 120, x0 + 640 // objects - 4, 360])
+    prompt_side_by_side(tracker, objects)
     times = []
     with torch.inference_mode():
         for i, frame in enumerate(clip[1:]):
@@ -55,11 +53,7 @@ def main(argv=None) -> int:
     print("| model | runtime | objects | ms/frame | x torch |")
     print("|---|---|---|---|---|")
     for name in args.models.split(","):
-        if name == "tiny":
-            model = build_sam2(tiny=True, seed=4, device=args.device)
-        else:
-            model = build_sam2("t", image_size=int(name[1:]), device=args.device)
-        model.eval()
+        model = sam2_by_name(name, args.device)
         with tempfile.TemporaryDirectory() as folder:
             t0 = time.perf_counter()
             export_sam2(model, folder, object_batch=4)
