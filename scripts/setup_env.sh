@@ -82,6 +82,27 @@ if [ ! -f "$venv/.interfaces-$iface_hash" ]; then
   rm -f "$venv"/.interfaces-*
   touch "$venv/.interfaces-$iface_hash"
 fi
+# vision_msgs: the PyPI stack has none, so compat/vision_msgs (same definitions as vision_msgs 4.1.1) is built the
+# same way, but only while no vision_msgs from outside the venv (a system install) is importable; that one wins.
+vm_hash=$(find "$repo/compat/vision_msgs" -type f | sort | xargs cat | sha256sum | cut -c1-16)
+if [ ! -f "$venv/.vision-msgs-$vm_hash" ]; then
+  vm_where=$(cd / && "$venv/bin/python" -c 'import importlib.util as u; s = u.find_spec("vision_msgs")
+print(*(s.submodule_search_locations or [s.origin]) if s else "", sep="\n")' 2>/dev/null || true)
+  if [ -z "$vm_where" ] || ! grep -qv "^$venv/" <<<"$vm_where"; then
+    log "building compat/vision_msgs"
+    build="$cache/build-vision-msgs-$gpu-$lock_hash"
+    rm -rf "$build"
+    (
+      export PATH="$venv/bin:$PATH" AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
+      cmake -S "$repo/compat/vision_msgs" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" \
+        -DPython3_EXECUTABLE="$venv/bin/python" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release >"$build.log" 2>&1 \
+      && cmake --build "$build" -j "$(nproc)" >>"$build.log" 2>&1 \
+      && cmake --install "$build" >>"$build.log" 2>&1
+    ) || { tail -50 "$build.log" >&2; log "compat/vision_msgs build failed (full log: $build.log)"; exit 1; }
+    rm -f "$venv"/.vision-msgs-*
+    touch "$venv/.vision-msgs-$vm_hash"
+  fi
+fi
 # The package itself, editable, so console scripts point at this clone.
 if [ "$(cat "$venv/.editable-src" 2>/dev/null)" != "$repo" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$repo"
