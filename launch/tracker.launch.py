@@ -38,7 +38,14 @@ REMAPPING_ARGUMENTS = {
     "image": ("image", "image"),
     "depth": ("depth", "depth"),  # reid.source rgbd
     "depth_camera_info": ("depth/camera_info", "depth/camera_info"),  # reid.source rgbd
+    "camera_info": ("camera_info", ""),  # empty: beside the image topic, as image_transport pairs them
 }
+
+
+def camera_info_beside(image_topic: str) -> str:
+    """The camera_info topic of a camera's image topic (its sibling): /cam/color/image_raw -> /cam/color/camera_info."""
+    parent = image_topic.rstrip("/").rpartition("/")[0]
+    return f"{parent}/camera_info" if parent or image_topic.startswith("/") else "camera_info"
 
 
 def _tracker_node(context):
@@ -53,6 +60,7 @@ def _tracker_node(context):
                 raise ValueError(f"launch argument {arg} must be true or false, got {value(arg)!r}")
             overrides[param] = text == "true"
     remappings = [(inner, value(arg)) for arg, (inner, _) in REMAPPING_ARGUMENTS.items()]
+    remappings = [(inner, target or camera_info_beside(value("image"))) for inner, target in remappings]
     return [
         Node(
             package="threeam_ros",

@@ -172,6 +172,16 @@ def rgb_to_compressed(rgb: np.ndarray, header, fmt: str = "jpeg", quality: int =
     return msg
 
 
+def pixels_to_png(pixels: np.ndarray, header) -> CompressedImage:
+    """(H, W) uint8 or uint16 pixels -> lossless PNG sensor_msgs/CompressedImage (16-bit stays 16-bit)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(pixels))
+    if not ok:
+        raise ConversionError(f"could not encode a {pixels.shape} {pixels.dtype} image as png")
+    msg = CompressedImage(header=header, format="png")
+    msg.data = buf.tobytes()
+    return msg
+
+
 def _pack(pixels: np.ndarray, header, encoding: str) -> Image:
     pixels = np.ascontiguousarray(pixels)
     h, w = pixels.shape[:2]

@@ -56,7 +56,33 @@ PARAMS: tuple[Param, ...] = (
         "Output threeam_interfaces/TrackedObjectArray: id, score, visibility, box "
         "(and mono8 masks when publish.object_masks).",
     ),
-    Param("topics.overlay", "~/overlay", "Output rgb8 overlay for RViz: input + coloured masks + ids."),
+    Param(
+        "topics.overlay",
+        "~/overlay",
+        "Output rgb8 overlay for RViz: input + coloured masks + ids; its camera_info is published on "
+        "<topics.overlay>/camera_info (the camera's, from topics.camera_info, else a nominal pinhole).",
+    ),
+    Param(
+        "topics.detections",
+        "~/detections",
+        "Output vision_msgs/Detection2DArray of the visible objects: id and class_id = object id, bbox, score.",
+    ),
+    Param(
+        "topics.label_info",
+        "~/label_info",
+        "Output vision_msgs/LabelInfo (transient local): the label image's values (0 background, object ids); "
+        "published when the set of objects changes.",
+    ),
+    Param(
+        "topics.labels_color",
+        "~/labels_color",
+        "Output rgb8 label view (publish.labels_color): each object in its overlay colour, background black.",
+    ),
+    Param(
+        "topics.camera_info",
+        "camera_info",
+        "Input sensor_msgs/CameraInfo of the camera (optional): copied beside the overlay for RViz's Camera display.",
+    ),
     Param("topics.diagnostics", "/diagnostics", "diagnostic_msgs/DiagnosticArray: FPS, dropped frames, latencies."),
     # ---- input
     Param(
@@ -207,6 +233,27 @@ PARAMS: tuple[Param, ...] = (
     ),
     Param("publish.overlay", True, "Publish the overlay image.", runtime=True),
     Param("publish.overlay_alpha", 0.5, "Overlay mask opacity in [0, 1].", runtime=True, min_value=0.0, max_value=1.0),
+    Param(
+        "publish.labels_color",
+        False,
+        "Publish the colourised label view on topics.labels_color (when someone subscribes).",
+        runtime=True,
+    ),
+    Param(
+        "publish.compressed",
+        False,
+        "Also publish <topics.labels>/compressed (lossless png) and <topics.overlay>/compressed (jpeg), in "
+        "image_transport's format, when someone subscribes to them.",
+        runtime=True,
+    ),
+    Param(
+        "publish.jpeg_quality",
+        90,
+        "JPEG quality of the compressed overlay.",
+        runtime=True,
+        min_value=1,
+        max_value=100,
+    ),
     Param("publish.queue_depth", 5, "Output queue depth (reliable QoS); read at configure.", min_value=1),
     Param("diagnostics.period", 1.0, "Seconds between diagnostics messages.", min_value=0.05),
     Param(

@@ -16,6 +16,7 @@ act on the tracker's state).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import signal
 import sys
@@ -36,9 +37,8 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from threeam_interfaces.msg import TrackedObject, TrackedObjectArray
 from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject, Reset
 from threeam_model.interface import (
     CameraGeometry,
@@ -55,6 +55,7 @@ from threeam_ros.frame_slot import LatestFrameSlot
 from threeam_ros.geometry_sync import GeometrySync, transform_to_c2w
 from threeam_ros.input_check import input_problem
 from threeam_ros.node_stats import NodeStats, diagnostics_message
+from threeam_ros.outputs import FrameOutputs, OutputTopics, PublishOptions, tracked_object
 from threeam_ros.params import (
     PARAMS,
     PARAMS_BY_NAME,
@@ -170,6 +171,9 @@ class TrackerNode(LifecycleNode):
         result = super().on_activate(state)  # output publishers first, so nothing tracked goes unpublished
         try:
             self._subscribe()
+            self._subscribe_camera_info()
+            session = self._session
+            self._outputs.announce(session.snapshot().objects if session else (), Image().header)
         except Exception as exc:
             self._error = f"activate failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(f"{self._error}\n{traceback.format_exc()}")
@@ -183,7 +187,7 @@ class TrackerNode(LifecycleNode):
         self.state = "active"
         self.get_logger().info(
             f"tracking {self._image_topic} ({self._input_type.__name__}, {self.cfg['input.qos']} QoS) with "
-            f"{self._model_name}; labels on {self._pub_labels.topic_name}"
+            f"{self._model_name}; labels on {self._outputs.labels.topic_name}"
         )
         return result
 
@@ -232,12 +236,9 @@ class TrackerNode(LifecycleNode):
         return cfg
 
     def _make_outputs_and_services(self) -> None:
-        out_qos = QoSProfile(depth=self.cfg["publish.queue_depth"])
-        self._pub_labels = self.create_lifecycle_publisher(Image, self.cfg["topics.labels"], out_qos)
-        self._pub_objects = self.create_lifecycle_publisher(TrackedObjectArray, self.cfg["topics.objects"], out_qos)
-        self._pub_overlay = self.create_lifecycle_publisher(Image, self.cfg["topics.overlay"], out_qos)
-        self._entities += [(self.destroy_lifecycle_publisher, p) for p in (self._pub_labels, self._pub_objects)]
-        self._entities.append((self.destroy_lifecycle_publisher, self._pub_overlay))
+        topics = OutputTopics(**{f.name: self.cfg[f"topics.{f.name}"] for f in dataclasses.fields(OutputTopics)})
+        self._outputs = FrameOutputs(self, topics, self.cfg["publish.queue_depth"])
+        self._entities.append((FrameOutputs.destroy, self._outputs))
         # a plain publisher: the error transition reports on it after the lifecycle publishers are deactivated
         self._pub_diag = self.create_publisher(DiagnosticArray, self.cfg["topics.diagnostics"], 10)
         self._entities.append((self.destroy_publisher, self._pub_diag))
@@ -277,6 +278,18 @@ class TrackerNode(LifecycleNode):
         self._active_entities.append((self.destroy_subscription, sub))
         if self._geometry_sync is not None:
             self._subscribe_geometry()
+
+    def _subscribe_camera_info(self) -> None:
+        """The camera's calibration, republished beside the overlay (with a nominal one until it arrives)."""
+        sub = self.create_subscription(
+            CameraInfo,
+            self.cfg["topics.camera_info"],
+            self._outputs.set_camera_info,
+            qos_profile_sensor_data,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=_NO_QOS_EVENTS,
+        )
+        self._active_entities.append((self.destroy_subscription, sub))
 
     def _stop_taking_frames(self) -> None:
         """Unsubscribe and stop the inference thread (after the frame in flight); objects and memory stay."""
@@ -504,18 +517,13 @@ class TrackerNode(LifecycleNode):
         self._warn_throttled(f"size {old}->{new}", text, period=10.0)  # two cameras on one topic: not every frame
 
     def _publish(self, header, rgb: np.ndarray, objects: dict[int, ObjectResult], labels: np.ndarray) -> None:
-        encoding = self.get_parameter("publish.label_encoding").value
-        try:
-            self._pub_labels.publish(conversions.labels_to_image(labels, header, encoding))
-        except ConversionError as exc:
-            self._warn_throttled("labels", f"label image not published: {exc}")
-        with_masks = self.get_parameter("publish.object_masks").value
-        array = TrackedObjectArray(header=header)
-        array.objects = [tracked_object(obj, header, with_masks) for _, obj in sorted(objects.items())]
-        self._pub_objects.publish(array)
-        if self.get_parameter("publish.overlay").value:
-            alpha = self.get_parameter("publish.overlay_alpha").value
-            self._pub_overlay.publish(conversions.rgb_to_image(conversions.draw_overlay(rgb, labels, alpha), header))
+        for problem in self._outputs.publish(header, rgb, objects, labels, self._publish_options()):
+            self._warn_throttled("publish", problem)
+
+    def _publish_options(self) -> PublishOptions:
+        return PublishOptions(
+            **{f.name: self.get_parameter(f"publish.{f.name}").value for f in dataclasses.fields(PublishOptions)}
+        )
 
     # ------------------------------------------------------------------------------------------ services
 
@@ -653,17 +661,6 @@ class TrackerNode(LifecycleNode):
     def close(self) -> None:
         """Stop the inference thread (at exit, whatever the lifecycle state)."""
         self._stop_taking_frames()
-
-
-def tracked_object(obj: ObjectResult, header, with_mask: bool) -> TrackedObject:
-    msg = TrackedObject(object_id=obj.obj_id, score=float(obj.score), visible=bool(obj.visible))
-    msg.reacquired = obj.reacquired
-    if obj.box is not None:
-        x0, y0, x1, y1 = obj.box
-        msg.bbox = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0 + 1, height=y1 - y0 + 1)
-    if with_mask:
-        msg.mask = conversions.mask_to_image(obj.mask, header)
-    return msg
 
 
 def _stamp_str(stamp: Time) -> str:
