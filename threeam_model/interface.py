@@ -315,11 +315,14 @@ def check_prompt(
     return pts, lab, bx, m
 
 
+MAX_OBJ_ID = 65535  # ids are label image values: mono16 holds 1..65535, 0 is background
+
+
 def check_obj_id(obj_id) -> int:
     if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)):
         raise PromptError(f"object id must be an integer, got {obj_id!r}")
-    if not 1 <= int(obj_id) <= 65535:
-        raise PromptError(f"object id must be in 1..65535 (0 is background), got {obj_id}")
+    if not 1 <= int(obj_id) <= MAX_OBJ_ID:
+        raise PromptError(f"object id must be in 1..{MAX_OBJ_ID} (0 is background), got {obj_id}")
     return int(obj_id)
 
 
