@@ -284,11 +284,6 @@ class GeometricReID(Tracker):
 
     # ------------------------------------------------------------------------------------------------ helpers
 
-    @property
-    def last_events(self) -> list[ReIDEvent]:
-        """Prompts issued on the current frame."""
-        return [e for e in self.events if e.frame_index == self.frame_index]
-
     def anchor(self, obj_id: int) -> ObjectAnchor | None:
         state = self._objects.get(int(obj_id))
         return None if state is None else state.anchor
