@@ -1,6 +1,7 @@
 """Geometric re-identification: per-object 3D anchors that re-find lost objects and veto look-alikes."""
 
 from threeam_model.reid.anchor import ObjectAnchor
+from threeam_model.reid.decision import AnchorState, Decision, Evidence, decide
 from threeam_model.reid.geometry import (
     FrameGeometry,
     GeometryInputError,
@@ -13,7 +14,10 @@ from threeam_model.reid.geometry import (
 from threeam_model.reid.reid import AnchorView, GeometricReID, ReIDConfig, ReIDEvent
 
 __all__ = [
+    "AnchorState",
     "AnchorView",
+    "Decision",
+    "Evidence",
     "FrameGeometry",
     "GeometricReID",
     "GeometryInputError",
@@ -24,5 +28,6 @@ __all__ = [
     "ReIDConfig",
     "ReIDEvent",
     "check_camera",
+    "decide",
     "pointmap_geometry",
 ]

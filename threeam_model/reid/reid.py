@@ -7,13 +7,10 @@ after the base tracker has run:
    scene's depth at its pixel: in front within the object's own size (its near side hides its far side) is
    support, clearly nearer is an occluder, farther means the place is now empty (the object moved). Pixels around
    supported points whose depth fits form the geometric prior.
-2. Re-acquisition: the base says the object is absent, yet its anchor is in view, unoccluded and covers enough
-   pixels: the base is prompted on this frame (a conditioning input) with a box and a point drawn from the prior.
-3. Distractor veto: the base's mask lies mostly away from the prior and far from the anchor while the anchor is
-   visible elsewhere: an identity switch. It is corrected the same way (plus a negative point on the wrong object).
-   Optionally (`reject_out_of_view`, for static scenes) a mask that reappears far from an anchor whose place is out
-   of view is rejected with a negative point alone.
-4. The anchor learns the (kept or corrected) mask's world points.
+2. The facts of each object (`Evidence`: the anchor's state, the mask against its prior and centre) go to the pure
+   `decide` (decision.py), which says whether to re-acquire, veto or reject (prompt the base on this frame, as a
+   conditioning input, from the prior) or to keep, learn or relearn the base's mask.
+3. The decision is applied: a prompt's result replaces the base's; the anchor learns the mask it was told to.
 
 Prompted objects come back with `ObjectResult.reacquired = True`; every prompt is also logged in `events`.
 """
@@ -22,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -29,9 +27,21 @@ from scipy import ndimage
 
 from threeam_model.interface import CameraGeometry, FrameResult, ObjectResult, Tracker, check_frame
 from threeam_model.reid.anchor import ObjectAnchor
+from threeam_model.reid.decision import (
+    PROMPTS,
+    AnchorState,
+    Decision,
+    Evidence,
+    decide,
+    decide_learning,
+    reads_distances,
+    reads_jump,
+)
 from threeam_model.reid.geometry import FrameGeometry, GeometrySource, downsample_mask, grid_stride
 
-OUT_OF_VIEW, OCCLUDED, VACATED, TOO_SMALL, VISIBLE = "out_of_view", "occluded", "vacated", "too_small", "visible"
+# the names callers import
+OUT_OF_VIEW, OCCLUDED, VACATED = AnchorState.OUT_OF_VIEW, AnchorState.OCCLUDED, AnchorState.VACATED
+TOO_SMALL, VISIBLE = AnchorState.TOO_SMALL, AnchorState.VISIBLE
 _TRACE_POINTS = 256  # world points kept of the previous frame's mask, to tell a continuous track from a jump
 
 
@@ -78,7 +88,7 @@ class ReIDConfig:
 class AnchorView:
     """Where an anchor stands in the current frame."""
 
-    state: str  # OUT_OF_VIEW, OCCLUDED, VACATED, TOO_SMALL or VISIBLE
+    state: AnchorState
     in_view: int  # anchor points projecting into the image in front of the camera
     supported: int
     occluded: int
@@ -94,7 +104,7 @@ class AnchorView:
 class ReIDEvent:
     frame_index: int
     obj_id: int
-    kind: str  # "reacquire", "veto" or "reject" (only a negative point: the base's mask is not the object)
+    kind: Decision  # REACQUIRE, VETO or REJECT (only a negative point: the base's mask is not the object)
     points: np.ndarray  # (N, 2) frame pixels (x, y) sent to the base tracker
     labels: np.ndarray  # (N,) 1 = object, 0 = not the object
     box: np.ndarray | None  # (4,) x0, y0, x1, y1 frame pixels
@@ -317,49 +327,65 @@ class GeometricReID(Tracker):
         state.anchor.add(geo.points.reshape(-1, 3)[idx], geo.depth.reshape(-1)[idx], max(self.frame_index, 0))
 
     def _step_object(self, obj_id, obj: ObjectResult, state, geo: FrameGeometry, frame_index: int):
-        cfg = self.config
-        anchor = state.anchor
-        mature = len(anchor) >= cfg.min_anchor_voxels
-        state.view = view = locate(anchor, geo, cfg) if len(anchor) else None
+        """Gather the object's evidence, decide, apply; returns the prompted result, or None if the base's stands."""
+        state.view = locate(state.anchor, geo, self.config) if len(state.anchor) else None
         mask_g = downsample_mask(obj.mask, geo.stride) if obj.visible else None
-        present = mask_g is not None and bool(mask_g.any())
-        cooled = frame_index - state.last_prompt_frame > cfg.cooldown_frames
-
+        if mask_g is not None and not mask_g.any():
+            mask_g = None
+        trace = self._trace(mask_g) if mask_g is not None else None
+        evidence = self._evidence(state, mask_g, trace, obj.score, frame_index)
+        decision = decide(evidence, self.config)
         corrected = None
-        if mature and cooled and view is not None:
-            if view.state == VISIBLE:
-                if not present:
-                    corrected = self._reprompt(obj_id, state, "reacquire", None)
-                elif self._near_frac(state, mask_g) < cfg.veto_max_near_frac and self._far_from_anchor(anchor, mask_g):
-                    corrected = self._reprompt(obj_id, state, "veto", mask_g)
-            elif (
-                cfg.reject_out_of_view
-                and present
-                and view.state == OUT_OF_VIEW
-                and self._far_from_anchor(anchor, mask_g)
-                and self._jumped(state, mask_g)
-            ):
-                corrected = self._reprompt(obj_id, state, "reject", mask_g)
-        if corrected is None and present:
-            self._update_anchor(state, mask_g, obj.score)
-        final = corrected if corrected is not None else obj
-        state.prev_points = self._trace(downsample_mask(final.mask, geo.stride)) if final.visible else None
+        if decision in PROMPTS:
+            corrected = self._reprompt(obj_id, state, decision, None if decision is Decision.REACQUIRE else mask_g)
+            if corrected is None:  # the prior had no pixel to point at
+                decision = decide_learning(evidence, self.config)
+        if decision is Decision.RELEARN:
+            state.anchor.clear()
+        if decision in (Decision.LEARN, Decision.RELEARN):
+            self._learn(state, mask_g)
+        if corrected is not None:
+            state.prev_points = self._trace(downsample_mask(corrected.mask, geo.stride)) if corrected.visible else None
+        else:
+            state.prev_points = trace
         return corrected
 
-    def _update_anchor(self, state: _ObjectState, mask_g: np.ndarray, score: float) -> None:
-        """Learn a kept mask when it agrees with the anchor. (Learning a continuous track while the anchor is out of
-        view was tried: it let look-alike jumps into the anchor and cost 11 points of recall on the benchmark.)"""
-        cfg, anchor, view = self.config, state.anchor, state.view
-        if view is not None and view.state == VACATED and score >= 0.5:
-            anchor.clear()  # its old place is seen empty while the base follows it: the object moved
-            self._learn(state, mask_g)
-            return
-        agrees = len(anchor) < cfg.min_anchor_voxels or self._near_frac(state, mask_g) >= cfg.update_min_near_frac
-        if not agrees and view is not None and view.prior_count:
-            # the mask holds most of the prior: a close-up or a new side around what the anchor knows
-            agrees = (mask_g & view.prior).sum() >= 0.5 * view.prior_count
-        if agrees:
-            self._learn(state, mask_g)
+    def _evidence(self, state: _ObjectState, mask_g, trace, score: float, frame_index: int) -> Evidence:
+        """The facts `decide` reads. mask_g: the base's mask on the grid, None when empty; trace: its world points."""
+        anchor, view, geo, cfg = state.anchor, state.view, self._geo, self.config
+        evidence = Evidence(
+            anchor=None if view is None else view.state,
+            anchor_voxels=len(anchor),
+            frames_since_prompt=frame_index - state.last_prompt_frame,
+            mask_present=mask_g is not None,
+        )
+        if mask_g is None:
+            return evidence
+        prior_count = 0 if view is None else view.prior_count
+        evidence = dataclasses.replace(
+            evidence,
+            score=float(score),
+            on_prior=self._near_frac(state, mask_g),
+            prior_held=float((mask_g & view.prior).sum()) / prior_count if prior_count else 0.0,
+        )
+        if trace is None or not reads_distances(evidence, cfg):  # trace None: no pixel of the mask has geometry
+            return evidence
+        centre = np.median(geo.points[mask_g & geo.valid], axis=0)
+        evidence = dataclasses.replace(
+            evidence,
+            offset=float(np.linalg.norm(centre - anchor.centre)),
+            reach=anchor.extent + cfg.depth_tol * float(np.nanmedian(geo.depth[mask_g])),
+        )
+        if reads_jump(evidence, cfg):
+            evidence = dataclasses.replace(evidence, jump=self._jump(state.prev_points, trace))
+        return evidence
+
+    @staticmethod
+    def _jump(prev: np.ndarray | None, now: np.ndarray) -> float:
+        """Median distance of the mask's points from the nearest of last frame's (inf when there was no mask)."""
+        if prev is None:
+            return math.inf
+        return float(np.median(np.sqrt(((now[:, None, :] - prev[None]) ** 2).sum(-1).min(axis=1))))
 
     def _trace(self, mask_g: np.ndarray) -> np.ndarray | None:
         pts = self._geo.points[mask_g & self._geo.valid]
@@ -369,34 +395,14 @@ class GeometricReID(Tracker):
             pts = pts[np.linspace(0, len(pts) - 1, _TRACE_POINTS).round().astype(np.int64)]
         return pts.astype(np.float64)
 
-    def _jumped(self, state: _ObjectState, mask_g: np.ndarray) -> bool:
-        """The mask does not continue last frame's mask: absent then, or most of it now lies beyond the object's
-        size from every point of it."""
-        now = self._trace(mask_g)
-        if state.prev_points is None or now is None:
-            return True
-        gap = np.sqrt(((now[:, None, :] - state.prev_points[None]) ** 2).sum(-1).min(axis=1))
-        depth = float(np.nanmedian(self._geo.depth[mask_g]))
-        return float(np.median(gap)) > state.anchor.extent + self.config.depth_tol * depth
-
-    def _far_from_anchor(self, anchor: ObjectAnchor, mask_g: np.ndarray) -> bool:
-        """The mask's median world point lies farther from the anchor's centre than the object's size allows."""
-        geo = self._geo
-        pts = geo.points[mask_g & geo.valid]
-        if len(pts) == 0:
-            return False
-        med = np.median(pts, axis=0)
-        depth = float(np.nanmedian(geo.depth[mask_g]))
-        return float(np.linalg.norm(med - anchor.centre)) > anchor.extent + self.config.depth_tol * depth
-
-    def _reprompt(self, obj_id: int, state: _ObjectState, kind: str, wrong_mask: np.ndarray | None):
+    def _reprompt(self, obj_id: int, state: _ObjectState, kind: Decision, wrong_mask: np.ndarray | None):
         """Prompt the base for `obj_id` on this frame: positive point / box from the prior (reacquire, veto), plus
         a negative point on the wrong mask (veto, reject)."""
         t0 = time.perf_counter()
         geo, cfg = self._geo, self.config
         h, w = self._image_size
         points, labels, box = [], [], None
-        if kind != "reject":
+        if kind is not Decision.REJECT:
             point, box = prompt_from_prior(state.view.prior, geo.stride, self._image_size)
             if point is None:
                 return None
@@ -407,7 +413,7 @@ class GeometricReID(Tracker):
             wy, wx = _deepest_pixel(wrong_mask & ~prior)
             points.append(np.array([min(wx * geo.stride, w - 1), min(wy * geo.stride, h - 1)], np.float32))
             labels.append(0)
-        if cfg.prompt == "point" or kind == "reject":
+        if cfg.prompt == "point" or kind is Decision.REJECT:
             box = None
         if cfg.prompt == "box" and wrong_mask is None:
             points, labels = [], []
@@ -430,7 +436,7 @@ class GeometricReID(Tracker):
                 bool(result.visible),
             )
         )
-        if result.visible and kind != "reject":
+        if result.visible and kind is not Decision.REJECT:
             mask_g = downsample_mask(result.mask, geo.stride)
             if self._near_frac(state, mask_g) >= cfg.update_min_near_frac:
                 self._learn(state, mask_g)
