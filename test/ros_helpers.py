@@ -181,7 +181,7 @@ class Client:
         from sensor_msgs.msg import CompressedImage, Image
 
         from threeam_interfaces.msg import TrackedObjectArray
-        from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject, Reset
+        from threeam_interfaces.srv import AddPrompt, Discover, ListObjects, RemoveObject, Reset
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -206,12 +206,14 @@ class Client:
             "remove_object": self.node.create_client(RemoveObject, f"{node}/remove_object"),
             "reset": self.node.create_client(Reset, f"{node}/reset"),
             "list_objects": self.node.create_client(ListObjects, f"{node}/list_objects"),
+            "discover": self.node.create_client(Discover, f"{node}/discover"),
         }
         self.types = {
             "add_prompt": AddPrompt,
             "remove_object": RemoveObject,
             "reset": Reset,
             "list_objects": ListObjects,
+            "discover": Discover,
         }
         # rclpy's lifecycle client side: the services every managed node offers (what `ros2 lifecycle` calls)
         self.lifecycle = {

@@ -244,5 +244,5 @@ def test_readme_names_exactly_the_parameters_that_change_at_run_time():
     import re
 
     line = next(line for line in (rh.REPO / "README.md").read_text().splitlines() if "may change at run time" in line)
-    named = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", line))
+    named = set(re.findall(r"`([a-z0-9_]+\.[a-z0-9_]+)`", line))
     assert named == {p.name for p in PARAMS if p.runtime}, line

@@ -77,6 +77,28 @@ def image_to_mask(msg: Image) -> np.ndarray | None:
     return _unpack(msg, 1, np.uint8)[..., 0] > 0
 
 
+def mask_from_file(path: str, obj_id: int) -> np.ndarray:
+    """A prompt mask from a PNG on this machine: a label image (pixels equal to obj_id) or a binary mask (non-zero)."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"mask_file {path!r} does not exist on the node's machine (give a path there)")
+    pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ConversionError(f"mask_file {path!r} is not an image OpenCV can read; send a PNG")
+    if pixels.ndim == 3:
+        if not (pixels == pixels[..., :1]).all():
+            raise ConversionError(f"mask_file {path!r} is a colour image; send a grey (8- or 16-bit) PNG")
+        pixels = pixels[..., 0]
+    values = np.unique(pixels)
+    if obj_id in values:
+        return pixels == obj_id
+    if len(values) <= 2:  # binary: 0 and one other value
+        return pixels > 0
+    shown = ", ".join(str(int(v)) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+    raise ConversionError(f"mask_file {path!r} is a label image without object id {obj_id} (its values: {shown})")
+
+
 def image_to_labels(msg: Image) -> np.ndarray:
     """A label image (mono16 or mono8) -> (H, W) uint16 ids. The inverse of `labels_to_image`, for clients."""
     if msg.encoding not in LABEL_ENCODINGS:

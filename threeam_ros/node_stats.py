@@ -29,6 +29,8 @@ class NodeStats:
         "frames_with_geometry",  # reid rgbd: frames tracked with depth + pose
         "frames_without_geometry",
         "geometry_rejected",  # reid rgbd: depth / camera_info / pose messages refused
+        "discovered",  # objects started by discovery (service or periodic)
+        "frames_without_3d",  # objects3d.enabled but no geometry for the frame
     )
 
     def __init__(self, rate_window: float = 5.0, clock=time.monotonic):

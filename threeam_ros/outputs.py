@@ -21,15 +21,18 @@ import dataclasses
 
 import numpy as np
 from rclpy.qos import DurabilityPolicy, QoSProfile
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField, RegionOfInterest
 from vision_msgs.msg import (
     BoundingBox2D,
     Detection2D,
     Detection2DArray,
+    Detection3D,
+    Detection3DArray,
     LabelInfo,
     ObjectHypothesisWithPose,
     VisionClass,
 )
+from visualization_msgs.msg import Marker, MarkerArray
 
 from threeam_interfaces.msg import TrackedObject, TrackedObjectArray
 from threeam_model.interface import ObjectResult
@@ -237,3 +240,97 @@ def overlay_to_jpeg(rgb: np.ndarray, header, quality: int) -> CompressedImage:
     msg = conversions.rgb_to_compressed(rgb, header, "jpeg", quality)
     msg.format = "rgb8; jpeg compressed bgr8"
     return msg
+
+
+# ---------------------------------------------------------------------------------------------- per-object 3D
+
+
+class Object3DOutputs:
+    """~/objects_3d (Detection3DArray), ~/object_points (PointCloud2: x, y, z, id) and ~/markers (a box and an id
+    label per object, for RViz), in one frame: the world frame where there is one, else the camera's."""
+
+    def __init__(self, node, queue_depth: int):
+        qos = QoSProfile(depth=queue_depth)
+        make = node.create_lifecycle_publisher
+        self._node = node
+        self.detections = make(Detection3DArray, "~/objects_3d", qos)
+        self.points = make(PointCloud2, "~/object_points", qos)
+        self.markers = make(MarkerArray, "~/markers", qos)
+        self._shown: set[int] = set()  # marker ids RViz holds, so the ones of vanished objects get deleted
+
+    def destroy(self) -> None:
+        for pub in (self.detections, self.points, self.markers):
+            self._node.destroy_lifecycle_publisher(pub)
+
+    def publish(self, header, objects: dict) -> None:
+        ordered = [obj for _, obj in sorted(objects.items())]
+        self.detections.publish(detections_3d(ordered, header))
+        self.points.publish(object_cloud(ordered, header))
+        self.markers.publish(object_markers(ordered, header, self._shown))
+        self._shown = {obj.obj_id for obj in ordered}
+
+
+def detections_3d(objects, header) -> Detection3DArray:
+    """vision_msgs 3D detections: id and class_id = object id, the box (axis-aligned: identity orientation) and the
+    tracker's score; the hypothesis pose is the object's centroid."""
+    out = Detection3DArray(header=header)
+    for obj in objects:
+        det = Detection3D(header=header, id=str(obj.obj_id))
+        _set_point(det.bbox.center.position, obj.box_center)
+        det.bbox.center.orientation.w = 1.0
+        det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in obj.box_size)
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = str(obj.obj_id)
+        hypothesis.hypothesis.score = obj.score
+        _set_point(hypothesis.pose.pose.position, obj.centroid)
+        hypothesis.pose.pose.orientation.w = 1.0
+        det.results = [hypothesis]
+        out.detections.append(det)
+    return out
+
+
+def object_cloud(objects, header) -> PointCloud2:
+    """Every object's downsampled points in one cloud: float32 x, y, z and uint32 id (16 bytes a point)."""
+    n = sum(len(obj.points) for obj in objects)
+    data = np.zeros(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("id", "<u4")])
+    k = 0
+    for obj in objects:
+        m = len(obj.points)
+        for axis, name in enumerate("xyz"):
+            data[name][k : k + m] = obj.points[:, axis]
+        data["id"][k : k + m] = obj.obj_id
+        k += m
+    fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, name in enumerate("xyz")]
+    fields.append(PointField(name="id", offset=12, datatype=PointField.UINT32, count=1))
+    msg = PointCloud2(header=header, height=1, width=n, fields=fields, is_bigendian=False, point_step=16)
+    msg.row_step, msg.is_dense = 16 * n, True
+    msg.data = data.tobytes()
+    return msg
+
+
+def object_markers(objects, header, shown: set[int]) -> MarkerArray:
+    """A wire box in the object's overlay colour and its id above it; DELETE for the objects shown before and gone."""
+    out = MarkerArray()
+    for obj in objects:
+        r, g, b = (c / 255.0 for c in conversions.object_color(obj.obj_id))
+        box = Marker(header=header, ns="threeam_boxes", id=obj.obj_id, type=Marker.CUBE, action=Marker.ADD)
+        _set_point(box.pose.position, obj.box_center)
+        box.pose.orientation.w = 1.0
+        box.scale.x, box.scale.y, box.scale.z = (max(float(v), 1e-3) for v in obj.box_size)
+        box.color.r, box.color.g, box.color.b, box.color.a = r, g, b, 0.4
+        label = Marker(header=header, ns="threeam_ids", id=obj.obj_id, type=Marker.TEXT_VIEW_FACING)
+        label.action = Marker.ADD
+        _set_point(label.pose.position, obj.box_center)
+        label.pose.orientation.w = 1.0
+        label.scale.z = max(float(obj.box_size.max()) * 0.3, 1e-3)
+        label.color.r = label.color.g = label.color.b = label.color.a = 1.0
+        label.text = str(obj.obj_id)
+        out.markers += [box, label]
+    for gone in sorted(shown - {obj.obj_id for obj in objects}):
+        for ns in ("threeam_boxes", "threeam_ids"):
+            out.markers.append(Marker(header=header, ns=ns, id=gone, action=Marker.DELETE))
+    return out
+
+
+def _set_point(point, xyz) -> None:
+    point.x, point.y, point.z = (float(v) for v in xyz)

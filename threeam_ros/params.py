@@ -215,6 +215,82 @@ PARAMS: tuple[Param, ...] = (
         "Per object, the most prompted frames kept in memory (the oldest leaves first).",
         min_value=1,
     ),
+    # ---- prompts without typing coordinates: clicks and discovery
+    Param(
+        "prompt.clicks",
+        True,
+        "Take clicks as prompts: geometry_msgs/PointStamped on <topics.overlay>_mouse_left (what rqt_image_view "
+        "publishes when you click the overlay) and ~/prompt_point refine the object under the click or start one; "
+        "~/prompt_point_negative marks background for the object clicked last. Read at configure.",
+    ),
+    Param(
+        "prompt.click_starts_object",
+        True,
+        "A click outside every object starts a new one (the smallest free id); false: such clicks are ignored.",
+        runtime=True,
+    ),
+    Param(
+        "discover.every_n_frames",
+        0,
+        "Run discovery (the ~/discover service's work) on every n-th processed frame, for a robot exploring; 0 = only "
+        "on request. It runs in the inference thread, so a frame with discovery takes longer.",
+        runtime=True,
+        min_value=0,
+    ),
+    Param("discover.max_new", 8, "Most objects one discovery starts.", runtime=True, min_value=1),
+    Param(
+        "discover.min_area",
+        200,
+        "Smallest mask (pixels) discovery starts a track for.",
+        runtime=True,
+        min_value=1,
+    ),
+    Param(
+        "discover.min_score",
+        0.7,
+        "Lowest predicted IoU of SAM 2's automatic mask generator that discovery keeps.",
+        runtime=True,
+        min_value=0.0,
+        max_value=1.0,
+    ),
+    Param(
+        "discover.max_overlap",
+        0.3,
+        "Largest fraction of a proposal's pixels that may already belong to a tracked object (or an earlier "
+        "proposal); above it the proposal is skipped.",
+        runtime=True,
+        min_value=0.0,
+        max_value=1.0,
+    ),
+    Param(
+        "discover.min_stability",
+        0.95,
+        "Lowest stability score (mask IoU under threshold shifts) of SAM 2's automatic mask generator; its default.",
+        min_value=0.0,
+        max_value=1.0,
+    ),
+    Param(
+        "discover.points_per_side",
+        16,
+        "Point grid of SAM 2's automatic mask generator (points_per_side^2 prompts; its own default is 32).",
+        min_value=1,
+    ),
+    # ---- per-object 3D (needs geometry: reid.source rgbd topics, or re-identification's anchors)
+    Param(
+        "objects3d.enabled",
+        False,
+        "Publish per-object 3D on ~/objects_3d (vision_msgs/Detection3DArray), ~/object_points (PointCloud2 x y z "
+        "id) and ~/markers (MarkerArray): from re-identification's anchors when reid.enabled, else from the frame's "
+        "masks and depth (reid.source rgbd topics). Read at configure.",
+    ),
+    Param(
+        "objects3d.voxel",
+        0.02,
+        "Voxel edge (geometry units: metres for RGB-D) of the published points.",
+        runtime=True,
+        min_value=1e-6,
+    ),
+    Param("objects3d.max_points", 2000, "Most points published per object.", runtime=True, min_value=1),
     # ---- publishing
     Param(
         "publish.label_encoding",

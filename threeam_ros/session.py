@@ -166,6 +166,51 @@ class TrackingSession:
                 publish(newest, rgb, objects, label_image)
         return PromptOutcome(result, is_new, newest)
 
+    def discover(self, generate, settings, max_objects: int, publish: PublishFn | None = None):
+        """Start tracks for the unprompted objects of the newest frame (threeam_model.discovery); returns
+        ([Discovered], the frame they were found on). publish: as for `prompt`, when something was found."""
+        from threeam_model.discovery import discover
+
+        with self._tracker_lock:
+            tracker = self._live_tracker()
+            snap = self._snapshot
+            if snap.rgb is None:
+                raise NoFrameError("no frame tracked yet (or since the last reset)")
+            found = discover(tracker, snap.rgb, snap.objects, generate, settings, max_objects)
+            if not found:
+                return found, snap.frame
+            with self._state_lock:
+                objects = {**self._snapshot.objects, **{d.obj_id: d.result for d in found}}
+                self._snapshot = dataclasses.replace(self._snapshot, objects=objects)
+            if publish is not None:
+                label_image = FrameResult(tracker.frame_index, snap.rgb.shape[:2], objects).label_image(np.uint16)
+                publish(snap.frame, snap.rgb, objects, label_image)
+        return found, snap.frame
+
+    def sam2_model(self):
+        """The SAM2Base under the tracker (and its re-identification wrapper): discovery's mask generator runs on
+        it, so the image encoder's weights are loaded once."""
+        tracker = self._live_tracker()
+        while not hasattr(tracker, "model") and hasattr(tracker, "base"):
+            tracker = tracker.base
+        model = getattr(tracker, "model", None)
+        if model is None:
+            raise PromptError(f"{type(tracker).__name__} has no SAM 2 model for the automatic mask generator")
+        return model
+
+    def anchor_points(self) -> dict[int, np.ndarray] | None:
+        """Each object's re-identification anchor as (N, 3) world points (copies); None without re-identification."""
+        with self._tracker_lock:
+            tracker = self._live_tracker()
+            if not hasattr(tracker, "anchor"):
+                return None
+            out = {}
+            for obj_id in tracker.object_ids:
+                anchor = tracker.anchor(obj_id)
+                if anchor is not None and len(anchor):
+                    out[obj_id] = anchor.points.copy()
+            return out
+
     def remove(self, obj_id: int) -> list[int]:
         """Forget one object (PromptError from the tracker for an unknown id); returns the ids still tracked."""
         obj_id = check_obj_id(obj_id)

@@ -29,7 +29,7 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PointStamped, PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -39,7 +39,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from threeam_interfaces.srv import AddPrompt, ListObjects, RemoveObject, Reset
+from threeam_interfaces.srv import AddPrompt, Discover, ListObjects, RemoveObject, Reset
 from threeam_model.interface import (
     CameraGeometry,
     FrameError,
@@ -55,7 +55,7 @@ from threeam_ros.frame_slot import LatestFrameSlot
 from threeam_ros.geometry_sync import GeometrySync, transform_to_c2w
 from threeam_ros.input_check import input_problem
 from threeam_ros.node_stats import NodeStats, diagnostics_message
-from threeam_ros.outputs import FrameOutputs, OutputTopics, PublishOptions, tracked_object
+from threeam_ros.outputs import FrameOutputs, Object3DOutputs, OutputTopics, PublishOptions, tracked_object
 from threeam_ros.params import (
     PARAMS,
     PARAMS_BY_NAME,
@@ -150,7 +150,7 @@ class TrackerNode(LifecycleNode):
                     "and timing only). Set model.random_weights_tiny false and model.sam2_checkpoint to a checkpoint "
                     "path or auto (run threeam-download-weights) for real tracking. !!!"
                 )
-            if self.cfg["reid.enabled"] and self.cfg["reid.source"] == "rgbd":
+            if (self.cfg["reid.enabled"] or self.cfg["objects3d.enabled"]) and self.cfg["reid.source"] == "rgbd":
                 self._geometry_sync = self._make_geometry_sync()
             self._make_outputs_and_services()
         except ConfigError as exc:
@@ -172,6 +172,8 @@ class TrackerNode(LifecycleNode):
         try:
             self._subscribe()
             self._subscribe_camera_info()
+            if self.cfg["prompt.clicks"]:
+                self._subscribe_clicks()
             session = self._session
             self._outputs.announce(session.snapshot().objects if session else (), Image().header)
         except Exception as exc:
@@ -239,6 +241,13 @@ class TrackerNode(LifecycleNode):
         topics = OutputTopics(**{f.name: self.cfg[f"topics.{f.name}"] for f in dataclasses.fields(OutputTopics)})
         self._outputs = FrameOutputs(self, topics, self.cfg["publish.queue_depth"])
         self._entities.append((FrameOutputs.destroy, self._outputs))
+        self._outputs_3d = None
+        self._newest_geometry: CameraGeometry | None = None
+        if self.cfg["objects3d.enabled"]:
+            self._outputs_3d = Object3DOutputs(self, self.cfg["publish.queue_depth"])
+            self._entities.append((Object3DOutputs.destroy, self._outputs_3d))
+        self._mask_generator = None  # SAM 2's automatic mask generator, made at the first discovery
+        self._last_clicked: int | None = None  # the object a negative click applies to
         # a plain publisher: the error transition reports on it after the lifecycle publishers are deactivated
         self._pub_diag = self.create_publisher(DiagnosticArray, self.cfg["topics.diagnostics"], 10)
         self._entities.append((self.destroy_publisher, self._pub_diag))
@@ -248,6 +257,7 @@ class TrackerNode(LifecycleNode):
             (RemoveObject, "~/remove_object", self._on_remove_object),
             (Reset, "~/reset", self._on_reset),
             (ListObjects, "~/list_objects", self._on_list_objects),
+            (Discover, "~/discover", self._on_discover),
         ):
             self._entities.append(
                 (self.destroy_service, self.create_service(srv_type, name, callback, callback_group=services))
@@ -291,6 +301,22 @@ class TrackerNode(LifecycleNode):
         )
         self._active_entities.append((self.destroy_subscription, sub))
 
+    def _subscribe_clicks(self) -> None:
+        """Clicks as prompts: rqt_image_view's clicks on the overlay, and ~/prompt_point(_negative)."""
+        group = MutuallyExclusiveCallbackGroup()  # one click at a time, in order
+        overlay = self._outputs.overlay.topic_name
+        topics = ((f"{overlay}_mouse_left", True), ("~/prompt_point", True), ("~/prompt_point_negative", False))
+        for topic, positive in topics:
+            sub = self.create_subscription(
+                PointStamped,
+                topic,
+                lambda msg, positive=positive: self._on_click(msg, positive),
+                10,
+                callback_group=group,
+                event_callbacks=_NO_QOS_EVENTS,
+            )
+            self._active_entities.append((self.destroy_subscription, sub))
+
     def _stop_taking_frames(self) -> None:
         """Unsubscribe and stop the inference thread (after the frame in flight); objects and memory stay."""
         for destroy, entity in reversed(self._active_entities):
@@ -313,6 +339,7 @@ class TrackerNode(LifecycleNode):
             self._tf_listener.unregister()
             self._tf_listener = None
         self._geometry_sync = None
+        self._mask_generator = None
         self.state = "unconfigured"
         session, self._session = self._session, None
         if session is None:
@@ -467,7 +494,11 @@ class TrackerNode(LifecycleNode):
             self._reject(f"frame rejected by the tracker: {exc}")
             return
         t2 = time.perf_counter()
+        self._newest_geometry = geometry  # for the 3D outputs of this frame, also when a prompt republishes it
         self._publish(msg.header, rgb, result.objects, labels)
+        every = self.get_parameter("discover.every_n_frames").value
+        if every and (self._stats.snapshot()["totals"]["frames_processed"] + 1) % every == 0:
+            self._discover_now(0, "periodic discovery")
         t3 = time.perf_counter()
         self._stats.count("frames_processed")
         self._stats.count("reacquisitions", sum(obj.reacquired for obj in result.objects.values()))
@@ -519,11 +550,34 @@ class TrackerNode(LifecycleNode):
     def _publish(self, header, rgb: np.ndarray, objects: dict[int, ObjectResult], labels: np.ndarray) -> None:
         for problem in self._outputs.publish(header, rgb, objects, labels, self._publish_options()):
             self._warn_throttled("publish", problem)
+        if self._outputs_3d is not None:
+            self._publish_3d(header, objects, self._newest_geometry)
 
     def _publish_options(self) -> PublishOptions:
         return PublishOptions(
             **{f.name: self.get_parameter(f"publish.{f.name}").value for f in dataclasses.fields(PublishOptions)}
         )
+
+    def _publish_3d(self, header, objects: dict[int, ObjectResult], geometry: CameraGeometry | None) -> None:
+        """Per-object 3D: re-identification's anchors (world) when it runs, else this frame's masks and depth."""
+        from threeam_model.objects3d import Object3DSettings, objects_from_anchors, objects_from_frame
+
+        settings = Object3DSettings(
+            voxel=self.get_parameter("objects3d.voxel").value,
+            max_points=self.get_parameter("objects3d.max_points").value,
+        )
+        world = self.cfg["reid.world_frame"]
+        anchors = self._session.anchor_points() if self.cfg["reid.enabled"] else None
+        if anchors is not None:
+            found = objects_from_anchors(anchors, {i: o.score for i, o in objects.items()}, settings)
+        elif geometry is not None:
+            found = objects_from_frame(objects, geometry, settings, in_world=bool(world))
+        else:
+            self._stats.count("frames_without_3d")
+            self._warn_throttled("3d", "objects3d: no geometry for this frame (reid.source rgbd topics), no 3D", 10.0)
+            return
+        frame_header = type(header)(stamp=header.stamp, frame_id=world or header.frame_id)
+        self._outputs_3d.publish(frame_header, found)
 
     # ------------------------------------------------------------------------------------------ services
 
@@ -538,6 +592,10 @@ class TrackerNode(LifecycleNode):
                 labels = [1 if p.positive else 0 for p in req.points]
             box = list(req.box) if len(req.box) else None
             mask = conversions.image_to_mask(req.mask)
+            if req.mask_file:
+                if mask is not None:
+                    raise PromptError("send the mask either as an image or as mask_file, not both")
+                mask = conversions.mask_from_file(req.mask_file, obj_id)
             stamp = _stamp_str(req.stamp) if (req.stamp.sec or req.stamp.nanosec) else None
             republish = (
                 self._publish if self.state == "active" and self.get_parameter("publish.after_prompt").value else None
@@ -564,6 +622,87 @@ class TrackerNode(LifecycleNode):
             )
 
         return self._answer(resp, run, "add_prompt")
+
+    def _on_discover(self, req: Discover.Request, resp: Discover.Response) -> Discover.Response:
+        def run():
+            if req.max_new < 0:
+                raise PromptError(f"max_new must be >= 0 (0 = the discover.max_new parameter), got {req.max_new}")
+            found, header = self._discover_now(int(req.max_new), "discover")
+            resp.object_ids = [d.obj_id for d in found]
+            resp.boxes = [tracked_object(d.result, header, False).bbox for d in found]
+            ids = ", ".join(str(d.obj_id) for d in found) or "none"
+            return f"{len(found)} new object(s) on frame {_stamp_str(header.stamp)}: {ids}"
+
+        return self._answer(resp, run, "discover")
+
+    def _discover_now(self, max_new: int, why: str):
+        """Run discovery on the newest frame (new tracks published at once); returns ([Discovered], frame header)."""
+        from threeam_model.discovery import DiscoverySettings
+        from threeam_model.instances.proposals import SamProposalParams, SamProposals
+
+        if self._mask_generator is None:
+            model = self._session.sam2_model()
+            # its IoU and area filters off: discovery applies discover.min_score and min_area to what comes out
+            params = SamProposalParams(
+                points_per_side=self.cfg["discover.points_per_side"],
+                pred_iou_thresh=0.0,
+                stability_score_thresh=self.cfg["discover.min_stability"],
+                min_area=1,
+            )
+            self._mask_generator = SamProposals(model, params)
+        value = lambda name: self.get_parameter(f"discover.{name}").value  # noqa: E731
+        settings = DiscoverySettings(
+            min_area=value("min_area"),
+            min_score=value("min_score"),
+            max_overlap=value("max_overlap"),
+            max_new=max_new or value("max_new"),
+        )
+        republish = self._publish if self.state == "active" else None
+        try:
+            found, header = self._session.discover(
+                self._mask_generator, settings, self.cfg["tracker.max_objects"], publish=republish
+            )
+        except NoFrameError:
+            raise PromptError(f"no camera frame tracked yet; publish images on {self._image_topic}") from None
+        self._stats.count("discovered", len(found))
+        if found:
+            self.get_logger().info(f"{why}: started objects {[d.obj_id for d in found]}")
+        return found, header
+
+    def _on_click(self, msg: PointStamped, positive: bool) -> None:
+        """A click refines the object under it (a positive point), or starts one elsewhere; a negative click marks
+        background for the object clicked last. Errors are logged: a topic has nobody to answer."""
+        t0 = time.perf_counter()
+        try:
+            snap = self._session.snapshot() if self._session is not None else None
+            if snap is None or snap.rgb is None:
+                raise PromptError("no camera frame tracked yet")
+            x, y = float(msg.point.x), float(msg.point.y)
+            h, w = snap.rgb.shape[:2]
+            if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < w and 0 <= y < h):
+                raise PromptError(f"click ({x}, {y}) is outside the {w}x{h} image")
+            under = [i for i, o in sorted(snap.objects.items()) if o.visible and o.mask[int(y), int(x)]]
+            if not positive:
+                if self._last_clicked is None or self._last_clicked not in snap.objects:
+                    raise PromptError("a negative click needs an object clicked before it")
+                obj_id = self._last_clicked
+            elif under:
+                obj_id = under[0]
+            elif self.get_parameter("prompt.click_starts_object").value:
+                from threeam_model.discovery import free_ids
+
+                obj_id = free_ids(snap.objects, 1)[0]
+            else:
+                return
+            republish = self._publish if self.get_parameter("publish.after_prompt").value else None
+            outcome = self._session.prompt(obj_id, points=[[x, y]], labels=[int(positive)], publish=republish)
+            self._last_clicked = obj_id
+            verb = "started" if outcome.is_new else "refined"
+            self.get_logger().info(f"click ({x:.0f}, {y:.0f}) {verb} object {obj_id}: {outcome.result.area} pixels")
+        except (TrackerInputError, ValueError) as exc:
+            self._stats.problem(f"click ignored: {exc}")
+            self._warn_throttled("click", f"click ignored: {exc}")
+        self._stats.add_latencies({"service.click": time.perf_counter() - t0})
 
     def _on_remove_object(self, req: RemoveObject.Request, resp: RemoveObject.Response) -> RemoveObject.Response:
         def run():
