@@ -93,6 +93,11 @@ class ObjectResult:
         return mask
 
     @property
+    def window(self) -> np.ndarray | None:
+        """The mask inside its box (box rows x box columns, bool); None when the mask is empty."""
+        return self._window
+
+    @property
     def mask_logits(self) -> np.ndarray:
         """(H, W) float32: the model's logits upsampled to the frame (mask = logits > 0); made on first access."""
         if self._logits is None:

@@ -26,12 +26,13 @@ class Object3DSettings:
     trim: float = 0.01  # fraction cut from each end of each axis for the box
     outlier_scale: float = 4.0  # depths beyond this many median absolute deviations from the median: not the object
     min_points: int = 10  # fewer lifted points: no 3D for that object on this frame
+    max_lift_pixels: int = 20_000  # a bigger mask is lifted on a regular pixel grid, so the cost stays bounded
 
     def __post_init__(self):
         if not self.voxel > 0:
             raise ValueError(f"voxel must be > 0, got {self.voxel}")
-        if self.max_points < 1 or self.min_points < 1:
-            raise ValueError("max_points and min_points must be >= 1")
+        if self.max_points < 1 or self.min_points < 1 or self.max_lift_pixels < 1:
+            raise ValueError("max_points, min_points and max_lift_pixels must be >= 1")
         if not self.outlier_scale > 0:
             raise ValueError(f"outlier_scale must be > 0, got {self.outlier_scale}")
         if not 0.0 <= self.trim < 0.5:
@@ -84,9 +85,11 @@ def summarize(
 
 def voxel_downsample(points: np.ndarray, voxel: float, max_points: int) -> np.ndarray:
     """One point (the mean) per occupied voxel; then every k-th voxel if there are still more than max_points."""
-    keys = np.floor(points / voxel).astype(np.int64)
-    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
+    cells = np.floor(points / voxel).astype(np.int64)
+    cells -= cells.min(axis=0)
+    span = cells.max(axis=0) + 1
+    keys = (cells[:, 0] * span[1] + cells[:, 1]) * span[2] + cells[:, 2]  # one int per voxel: a 1-D unique
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     sums = np.zeros((len(counts), 3))
     np.add.at(sums, inverse, points)
     means = sums / counts[:, None]
@@ -95,12 +98,27 @@ def voxel_downsample(points: np.ndarray, voxel: float, max_points: int) -> np.nd
     return means.astype(np.float32)
 
 
-def lift_mask(mask: np.ndarray, camera: CameraGeometry, in_world: bool) -> tuple[np.ndarray, np.ndarray]:
+def lift_mask(
+    mask: np.ndarray,
+    camera: CameraGeometry,
+    in_world: bool,
+    max_pixels: int | None = None,
+    origin: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray]:
     """((N, 3) points, (N,) depths) of the mask's pixels with valid depth: points in the camera optical frame, or in
-    the world (camera.c2w)."""
-    depth = np.asarray(camera.depth, np.float64).reshape(mask.shape)
-    ys, xs = np.nonzero(mask & np.isfinite(depth) & (depth > 0))
-    z = depth[ys, xs]
+    the world (camera.c2w). max_pixels: lift every s-th row and column of a bigger mask. origin: the frame pixel
+    (x, y) of mask[0, 0] when the mask is a window of the frame (an object's box)."""
+    depth = np.asarray(camera.depth)
+    depth = depth.reshape(depth.shape[:2])
+    ys, xs = np.nonzero(mask)
+    xs, ys = xs + origin[0], ys + origin[1]
+    if max_pixels is not None and len(ys) > max_pixels:
+        step = int(np.ceil(np.sqrt(len(ys) / max_pixels)))
+        on_grid = (ys % step == 0) & (xs % step == 0)
+        ys, xs = ys[on_grid], xs[on_grid]
+    z = depth[ys, xs].astype(np.float64)
+    valid = np.isfinite(z) & (z > 0)
+    ys, xs, z = ys[valid], xs[valid], z[valid]
     k = np.asarray(camera.K, np.float64)
     x = (xs - k[0, 2]) * z / k[0, 0]
     y = (ys - k[1, 2]) * z / k[1, 1]
@@ -118,7 +136,8 @@ def objects_from_frame(
     out = {}
     for obj_id, obj in objects.items():
         if obj.visible:
-            points, depth = lift_mask(obj.mask, camera, in_world)
+            x0, y0 = obj.box[:2]
+            points, depth = lift_mask(obj.window, camera, in_world, settings.max_lift_pixels, origin=(x0, y0))
             got = summarize(obj_id, points, obj.score, settings, depth)
             if got is not None:
                 out[obj_id] = got
