@@ -59,3 +59,16 @@ def test_setup_installs_marker_launch_config_and_entry_points():
 def test_training_folder_is_not_an_importable_package():
     # sam2 installs a top-level package named `training`; ours must never shadow it.
     assert not (REPO / "training" / "__init__.py").exists()
+
+
+def test_one_error_module_and_must3r_below_the_tracker_interface():
+    # Every exception class of the model library lives in threeam_model/errors.py (one of each name), and the own
+    # MUSt3R package does not depend on the tracker API for its error bases.
+    defined = {}
+    for path in (REPO / "threeam_model").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                defined.setdefault(node.name, []).append(str(path.relative_to(REPO)))
+    assert {name: where for name, where in defined.items() if where != ["threeam_model/errors.py"]} == {}
+    must3r = "".join(p.read_text() for p in (REPO / "threeam_model" / "must3r").rglob("*.py"))
+    assert not re.search(r"^\s*from\s+(\.\.|threeam_model\.)interface\b", must3r, re.M)

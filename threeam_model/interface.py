@@ -12,17 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-class TrackerInputError(ValueError):
-    """Input the tracker cannot act on. The message says what was wrong and what to send instead."""
-
-
-class FrameError(TrackerInputError):
-    """A frame that cannot be tracked: wrong shape or dtype, empty, or a size change mid-stream."""
-
-
-class PromptError(TrackerInputError):
-    """A prompt or object request that cannot be applied: unknown id, point outside the image, bad mask..."""
+from threeam_model.errors import FrameError, PromptError, TrackerInputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,15 +23,12 @@ import pathlib
 import torch
 from torch import nn
 
+from threeam_model.errors import CheckpointError
 from threeam_model.merger import FeatureMerger, MergerConfig
 
 FORMAT = "threeam-3am"
 VERSION = 1
 PARTS = ("merger", "memory_attention", "mask_decoder")
-
-
-class CheckpointError(ValueError):
-    """A 3AM checkpoint that cannot be used: unreadable, not a 3AM checkpoint, or not matching the built models."""
 
 
 def _parts(merger: FeatureMerger, sam2_model: nn.Module) -> dict[str, nn.Module]:

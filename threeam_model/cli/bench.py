@@ -19,6 +19,7 @@ import argparse
 import pathlib
 import sys
 
+from threeam_model.errors import UsageError
 from threeam_model.eval.protocols import PROTOCOLS, SubsetRule
 from threeam_model.eval.sequences import LAYOUTS, Thinned, open_sequences
 
@@ -89,10 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-resume", action="store_true", help="rerun sequences that already have results")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
-
-
-class UsageError(ValueError):
-    pass
 
 
 def tracker_config(args):

@@ -21,7 +21,8 @@ import time
 import numpy as np
 import torch
 
-from threeam_model.export.onnx_export import ExportError, export_merger, export_sam2
+from threeam_model.errors import ExportError
+from threeam_model.export.onnx_export import export_merger, export_sam2
 from threeam_model.factory import TrackerConfig, build_sam2_model, build_tracker, resolve_weights
 
 

@@ -35,10 +35,6 @@ PROG = "threeam-instances"
 BENCH_PROG = "threeam-bench --task instances3d"
 
 
-class UsageError(ValueError):
-    pass
-
-
 def add_scene_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="synthetic", help="scene layout (default: %(default)s)")
     p.add_argument("--label-map", help="scannet: scannetv2-labels.combined.tsv, for the ground truth")
@@ -176,13 +172,9 @@ def method_of(args):
 
     if args.method == ORACLE:
         return ORACLE, {"method": ORACLE, "description": "ground-truth masks (oracle)"}
-    from threeam_model.cli.bench import UsageError as BenchUsageError
     from threeam_model.cli.bench import method_record, tracker_config
 
-    try:
-        cfg = tracker_config(args)
-    except BenchUsageError as exc:
-        raise UsageError(str(exc)) from None
+    cfg = tracker_config(args)
     cfg = dataclasses.replace(cfg, max_objects=args.max_tracks)
     return cfg, method_record(cfg, args.method)
 

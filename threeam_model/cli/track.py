@@ -24,17 +24,13 @@ import numpy as np
 
 from threeam_model.data.readers.mose import davis_palette, read_annotation, write_annotation
 from threeam_model.data.video import write_mp4
-from threeam_model.export.onnx_export import ExportError
+from threeam_model.errors import ExportError, PromptError, TrackerInputError, UsageError
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
-from threeam_model.interface import FrameResult, PromptError, TrackerInputError
+from threeam_model.interface import FrameResult
 from threeam_model.streaming.policies import MEMORY_POLICIES
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PROG = "threeam-track"
-
-
-class UsageError(TrackerInputError):
-    """A command line the tool cannot act on."""
 
 
 # ------------------------------------------------------------------------------------------------ frame sources

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from threeam_model.errors import ExportError
 from threeam_model.export.modules import ImageEncoder, MemoryAttention, MemoryEncoder, Merger, SamHeads
 
 FILES = {
@@ -27,10 +28,6 @@ FILES = {
 }
 MANIFEST = "manifest.json"
 MERGER, MERGER_MANIFEST = "merger.onnx", "merger.json"
-
-
-class ExportError(RuntimeError):
-    """The export cannot run (a missing optional package, an unsupported model); the message says what to do."""
 
 
 def require_onnx() -> None:

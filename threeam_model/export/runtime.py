@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from threeam_model.errors import ExportError
 from threeam_model.export.modules import mask_for_memory
-from threeam_model.export.onnx_export import FILES, MANIFEST, MERGER, MERGER_MANIFEST, ExportError
+from threeam_model.export.onnx_export import FILES, MANIFEST, MERGER, MERGER_MANIFEST
 from threeam_model.streaming.batched import MemoryTokens
 
 PROVIDERS = {

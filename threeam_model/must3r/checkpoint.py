@@ -14,13 +14,8 @@ import re
 
 import torch
 
-from ..interface import TrackerInputError
+from ..errors import CheckpointError
 from .model import Must3rModel, build_must3r
-
-
-class CheckpointError(TrackerInputError):
-    """A checkpoint that cannot be used: unreadable, not in the MUSt3R format, or not matching its own args."""
-
 
 ENCODER_CLASSES = ("Dust3rEncoder",)
 DECODER_CLASSES = ("MUSt3R", "CausalMUSt3R")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..interface import FrameError
+from ..errors import FrameError
 
 # W:H ratio -> [W, H] of the landscape output (portrait inputs get the transposed size).
 RESOLUTION_TABLES: dict[int, dict[float, tuple[int, int]]] = {

@@ -19,11 +19,8 @@ import dataclasses
 
 import numpy as np
 
-from threeam_model.interface import CameraGeometry, FrameResult, TrackerInputError
-
-
-class GeometryInputError(TrackerInputError):
-    """Depth, intrinsics, pose or pointmap that cannot be used; the message says what to send instead."""
+from threeam_model.errors import GeometryInputError
+from threeam_model.interface import CameraGeometry, FrameResult
 
 
 @dataclasses.dataclass
