@@ -66,39 +66,34 @@ if [ ! -f "$venv/.extras-$extras_hash" ]; then
   touch "$venv/.extras-$extras_hash"
 fi
 
-# threeam_interfaces: ament_cmake package, built with the venv's rosidl generators and installed into the venv prefix.
-iface_hash=$(find "$repo/threeam_interfaces" -type f | sort | xargs cat | sha256sum | cut -c1-16)
-if [ ! -f "$venv/.interfaces-$iface_hash" ]; then
-  log "building threeam_interfaces"
-  build="$cache/build-interfaces-$gpu-$lock_hash"
+# An ament_cmake interfaces package, built with the venv's rosidl generators and installed into the venv prefix.
+#   build_interfaces SOURCE_DIR BUILD_NAME
+build_interfaces() {
+  local build="$cache/build-$2-$gpu-$lock_hash"
+  log "building $(basename "$1")"
   rm -rf "$build"
   (
     export PATH="$venv/bin:$PATH" AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
-    cmake -S "$repo/threeam_interfaces" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" \
+    cmake -S "$1" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" \
       -DPython3_EXECUTABLE="$venv/bin/python" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release >"$build.log" 2>&1 \
     && cmake --build "$build" -j "$(nproc)" >>"$build.log" 2>&1 \
     && cmake --install "$build" >>"$build.log" 2>&1
-  ) || { tail -50 "$build.log" >&2; log "threeam_interfaces build failed (full log: $build.log)"; exit 1; }
+  ) || { tail -50 "$build.log" >&2; log "$(basename "$1") build failed (full log: $build.log)"; exit 1; }
+}
+iface_hash=$(find "$repo/threeam_interfaces" -type f | sort | xargs cat | sha256sum | cut -c1-16)
+if [ ! -f "$venv/.interfaces-$iface_hash" ]; then
+  build_interfaces "$repo/threeam_interfaces" interfaces
   rm -f "$venv"/.interfaces-*
   touch "$venv/.interfaces-$iface_hash"
 fi
-# vision_msgs: the PyPI stack has none, so compat/vision_msgs (same definitions as vision_msgs 4.1.1) is built the
-# same way, but only while no vision_msgs from outside the venv (a system install) is importable; that one wins.
+# vision_msgs: the PyPI stack has none, so compat/vision_msgs (same definitions as vision_msgs 4.1.1) is built, but
+# only while no vision_msgs from outside the venv (a system install) is importable; that one wins.
 vm_hash=$(find "$repo/compat/vision_msgs" -type f | sort | xargs cat | sha256sum | cut -c1-16)
 if [ ! -f "$venv/.vision-msgs-$vm_hash" ]; then
   vm_where=$(cd / && "$venv/bin/python" -c 'import importlib.util as u; s = u.find_spec("vision_msgs")
 print(*(s.submodule_search_locations or [s.origin]) if s else "", sep="\n")' 2>/dev/null || true)
   if [ -z "$vm_where" ] || ! grep -qv "^$venv/" <<<"$vm_where"; then
-    log "building compat/vision_msgs"
-    build="$cache/build-vision-msgs-$gpu-$lock_hash"
-    rm -rf "$build"
-    (
-      export PATH="$venv/bin:$PATH" AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
-      cmake -S "$repo/compat/vision_msgs" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" \
-        -DPython3_EXECUTABLE="$venv/bin/python" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release >"$build.log" 2>&1 \
-      && cmake --build "$build" -j "$(nproc)" >>"$build.log" 2>&1 \
-      && cmake --install "$build" >>"$build.log" 2>&1
-    ) || { tail -50 "$build.log" >&2; log "compat/vision_msgs build failed (full log: $build.log)"; exit 1; }
+    build_interfaces "$repo/compat/vision_msgs" vision-msgs
     rm -f "$venv"/.vision-msgs-*
     touch "$venv/.vision-msgs-$vm_hash"
   fi
