@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from threeam_model.cli import track as cli
-from threeam_model.data.readers.mose import davis_palette, read_annotation
+from threeam_model.data.labels_io import davis_palette, read_annotation
 from threeam_model.interface import FrameResult, ObjectResult, Tracker, check_frame, check_prompt
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from threeam_model.data.readers.mose import davis_palette, read_annotation, write_annotation
+from threeam_model.data.labels_io import davis_palette, read_annotation, write_annotation
 from threeam_model.data.video import write_mp4
 from threeam_model.errors import ExportError, PromptError, TrackerInputError, UsageError
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights

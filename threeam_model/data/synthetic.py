@@ -60,7 +60,8 @@ import pathlib
 
 import numpy as np
 
-FORMAT = "threeam-synthetic-v1"
+from threeam_model.data.readers.synthetic import FORMAT, SyntheticScene
+
 DEPTH_SCALE = 1000.0  # depth PNG units per metre
 POINTS_FILE = "points.ply"  # written by generate_scene(with_points=True)
 SHAPES = ("box", "cylinder", "sphere")
@@ -566,7 +567,7 @@ def export_davis(scene_dir, out_root, name: str | None = None) -> pathlib.Path:
     """
     from PIL import Image
 
-    from threeam_model.data.readers import SyntheticScene, write_annotation
+    from threeam_model.data.labels_io import write_annotation
 
     scene = SyntheticScene(scene_dir)
     name = name or pathlib.Path(scene_dir).name

@@ -157,7 +157,7 @@ def write_overlay_video(source, label_dir, path, fps: float = 10.0) -> pathlib.P
     import cv2
     from PIL import Image
 
-    from threeam_model.data.readers import davis_palette
+    from threeam_model.data.labels_io import davis_palette
     from threeam_model.data.video import write_mp4
     from threeam_model.eval.runner import frame_name
 

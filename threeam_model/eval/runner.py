@@ -228,7 +228,7 @@ def _nanmean(values) -> float:
 def write_label_pngs(source: VideoSource, obj_ids: list[int], mask_dir: pathlib.Path, label_dir: pathlib.Path):
     """One palette PNG per frame, pixel = object id (DAVIS result format). Where independent per-object runs
     overlap, the higher id is painted last and wins; the scores use the per-object masks, not these."""
-    from threeam_model.data.readers import write_annotation
+    from threeam_model.data.labels_io import write_annotation
 
     label_dir.mkdir(parents=True, exist_ok=True)
     for i in range(len(source)):

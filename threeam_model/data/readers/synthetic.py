@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from threeam_model.data.frames import Frame, VideoSource, read_image
-from threeam_model.data.synthetic import FORMAT
+
+FORMAT = "threeam-synthetic-v1"  # scene.json's "format", written by data.synthetic.render_scene
 
 
 class SyntheticScene(VideoSource):
