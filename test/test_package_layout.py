@@ -72,3 +72,54 @@ def test_one_error_module_and_must3r_below_the_tracker_interface():
     assert {name: where for name, where in defined.items() if where != ["threeam_model/errors.py"]} == {}
     must3r = "".join(p.read_text() for p in (REPO / "threeam_model" / "must3r").rglob("*.py"))
     assert not re.search(r"^\s*from\s+(\.\.|threeam_model\.)interface\b", must3r, re.M)
+
+
+def _runtime_imports(tree: ast.AST):
+    """Import nodes that run (module level or inside functions), leaving out `if TYPE_CHECKING:` blocks."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            node.body = []
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+
+
+def test_the_model_library_has_no_import_cycle():
+    # Lazy (function-level) imports count: a cycle through them still ties two modules into one. A module's own
+    # package __init__ runs before it, so that edge is not followed.
+    mods = {}
+    for path in (REPO / "threeam_model").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in _runtime_imports(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+                continue
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names}
+        edges[name] = {
+            prefix
+            for t in targets
+            for prefix in (".".join(t.split(".")[: i + 1]) for i in range(t.count(".") + 1))
+            if prefix in mods and prefix != "threeam_model" and prefix != name and not name.startswith(prefix + ".")
+        }
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(mods):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []

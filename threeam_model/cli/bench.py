@@ -19,6 +19,7 @@ import argparse
 import pathlib
 import sys
 
+from threeam_model.cli.common import method_record, tracker_config
 from threeam_model.errors import UsageError
 from threeam_model.eval.protocols import PROTOCOLS, SubsetRule
 from threeam_model.eval.sequences import LAYOUTS, Thinned, open_sequences
@@ -90,43 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-resume", action="store_true", help="rerun sequences that already have results")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
-
-
-def tracker_config(args):
-    """The TrackerConfig the arguments describe; missing weights are an error unless random ones are allowed."""
-    from threeam_model.factory import TrackerConfig, resolve_weights
-
-    common = dict(method=args.method, device=args.device, dtype=args.dtype, seed=args.seed,
-                  memory_policy=args.memory_policy)  # fmt: skip
-    if args.tiny:
-        return TrackerConfig(tiny=True, **common)
-    random = args.random_weights
-    cfg = TrackerConfig(
-        variant=args.variant,
-        image_size=args.image_size,
-        must3r=args.must3r,
-        sam2_checkpoint=None if random else args.sam2_checkpoint,
-        must3r_checkpoint=None if random else args.must3r_checkpoint,
-        threeam_checkpoint=args.checkpoint,
-        **common,
-    )
-    cfg, missing = resolve_weights(cfg)
-    if missing:
-        raise UsageError(
-            "official weights missing (benchmark numbers from random weights mean nothing):\n  "
-            + "\n  ".join(missing)
-            + "\nGet them with `threeam-download-weights`, pass --sam2-checkpoint / --must3r-checkpoint, "
-            "or add --random-weights to run anyway."
-        )
-    return cfg
-
-
-def method_record(cfg, label: str) -> dict:
-    import dataclasses
-
-    rec = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
-    rec.update(label=label, description=cfg.describe())
-    return rec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,7 +172,7 @@ def method_of(args):
 
     if args.method == ORACLE:
         return ORACLE, {"method": ORACLE, "description": "ground-truth masks (oracle)"}
-    from threeam_model.cli.bench import method_record, tracker_config
+    from threeam_model.cli.common import method_record, tracker_config
 
     cfg = tracker_config(args)
     cfg = dataclasses.replace(cfg, max_objects=args.max_tracks)
