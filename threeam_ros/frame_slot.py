@@ -32,12 +32,6 @@ class LatestFrameSlot:
             item, self._item = self._item, None
             return None if self._closed else item
 
-    def clear(self) -> bool:
-        """Drop a waiting item; True when there was one."""
-        with self._cond:
-            had, self._item = self._item is not None, None
-            return had
-
     def close(self) -> None:
         with self._cond:
             self._closed = True

@@ -153,14 +153,6 @@ class Must3rDecoder(nn.Module):
     def memory_dim(self) -> int:
         return 2 * self.embed_dim if self.memory_mode == "kv" else self.embed_dim
 
-    def set_memory_mode(self, memory_mode: str) -> None:
-        """Switch the cache layout (outputs do not change; an existing memory must be rebuilt)."""
-        if memory_mode not in MEMORY_MODES:
-            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}")
-        self.memory_mode = memory_mode
-        for blk in self.blocks_dec:
-            blk.memory_mode = memory_mode
-
     def empty_memory(self, batch: int, device, dtype) -> Must3rMemory:
         values = [torch.zeros((batch, 0, self.memory_dim), device=device, dtype=dtype) for _ in range(self.depth)]
         return Must3rMemory(values, torch.zeros((batch, 0), dtype=torch.int64, device=device), 0, ())
