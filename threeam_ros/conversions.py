@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
+from threeam_model.viz import draw_overlay, object_color  # noqa: F401 (the overlay drawn for RViz, re-exported)
+
 # encoding -> (channels, bytes per channel, channel order of the data)
 COLOR_ENCODINGS = {
     "rgb8": (3, "rgb"),
@@ -211,44 +213,3 @@ def _pack(pixels: np.ndarray, header, encoding: str) -> Image:
     msg.step = int(pixels.strides[0])
     msg.data = pixels.tobytes()
     return msg
-
-
-# ---------------------------------------------------------------------------------------------- overlay
-
-
-def object_color(obj_id: int) -> tuple[int, int, int]:
-    """A stable, well-spread RGB colour per object id (golden-ratio hue steps)."""
-    hue = int((obj_id * 0.618033988749895 % 1.0) * 180)
-    hsv = np.array([[[hue, 220, 255]]], dtype=np.uint8)
-    r, g, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]
-    return int(r), int(g), int(b)
-
-
-def draw_overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Input frame with each object's pixels tinted in its colour and its id written near the mask's centre."""
-    counts = np.bincount(labels.ravel())
-    ids = [int(i) for i in np.flatnonzero(counts) if i != 0]
-    out = rgb.copy()
-    if not ids:
-        return out
-    lut = np.zeros((len(counts), 3), np.uint8)
-    for obj_id in ids:
-        lut[obj_id] = object_color(obj_id)
-    blended = cv2.addWeighted(rgb, 1.0 - alpha, np.take(lut, labels, axis=0), alpha, 0.0)
-    cv2.copyTo(blended, (labels > 0).view(np.uint8), out)
-    # label positions: centroids on a coarse grid (exactness does not matter for a caption, speed does)
-    h, w = labels.shape
-    step = max(1, min(h, w) // 120)
-    grid = labels[::step, ::step]
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    n = np.bincount(grid.ravel(), minlength=len(counts))
-    cx = np.bincount(grid.ravel(), weights=xs.ravel(), minlength=len(counts))
-    cy = np.bincount(grid.ravel(), weights=ys.ravel(), minlength=len(counts))
-    scale = max(0.3, min(h, w) / 400)
-    for obj_id in ids:
-        if n[obj_id] == 0:  # a sliver the coarse grid missed
-            continue
-        org = (int(cx[obj_id] / n[obj_id]), int(cy[obj_id] / n[obj_id]))
-        cv2.putText(out, str(obj_id), org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_8)
-        cv2.putText(out, str(obj_id), org, cv2.FONT_HERSHEY_SIMPLEX, scale, object_color(obj_id), 1, cv2.LINE_8)
-    return out

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from threeam_model.data.labels_io import davis_palette, read_annotation, write_annotation
+from threeam_model.data.labels_io import read_annotation, write_annotation
 from threeam_model.data.video import write_mp4
 from threeam_model.errors import ExportError, PromptError, TrackerInputError, UsageError
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
@@ -191,23 +191,13 @@ def parse_prompts(points, boxes, masks) -> dict[int, ObjectPrompt]:
 # ------------------------------------------------------------------------------------------------------ writers
 
 
-def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Frame with each object's pixels tinted in its DAVIS palette colour and its outline drawn."""
-    import cv2
-
-    palette = np.array(davis_palette(), np.uint8).reshape(256, 3)
-    out = rgb.copy()
-    fg = labels > 0
-    out[fg] = (rgb[fg] * (1 - alpha) + palette[labels[fg]] * alpha).astype(np.uint8)
-    for obj in np.unique(labels[fg]):
-        contours, _ = cv2.findContours((labels == obj).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, tuple(int(c) for c in palette[obj]), 1)
-    return out
-
-
 def write_overlay_video(path: pathlib.Path, source: FrameSource, mask_dir: pathlib.Path, fps: float) -> int:
+    """MP4 of the frames with each object tinted in its DAVIS palette colour (its mask PNG's) and outlined."""
+    from threeam_model.viz import DAVIS_COLORS, draw_overlay
+
     frames = (
-        overlay(rgb, read_annotation(mask_dir / f"{name}.png").astype(np.uint8))
+        draw_overlay(rgb, read_annotation(mask_dir / f"{name}.png").astype(np.uint8), 0.5, colors=DAVIS_COLORS,
+                     captions=False, outlines=True)  # fmt: skip
         for name, rgb in zip(source.names, source)
     )
     return write_mp4(path, frames, fps)

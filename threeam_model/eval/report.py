@@ -154,28 +154,20 @@ def plot_per_frame(result: dict, path, max_objects: int = 8) -> pathlib.Path:
 
 def write_overlay_video(source, label_dir, path, fps: float = 10.0) -> pathlib.Path:
     """mp4 (mp4v) of the frames with the predicted labels blended in colour and the GT outlines drawn in white."""
-    import cv2
     from PIL import Image
 
-    from threeam_model.data.labels_io import davis_palette
     from threeam_model.data.video import write_mp4
     from threeam_model.eval.runner import frame_name
+    from threeam_model.viz import DAVIS_COLORS, WHITE, draw_outlines, draw_overlay
 
-    palette = np.asarray(davis_palette(), np.uint8).reshape(256, 3)
     path = pathlib.Path(path)
 
     def frames():
         for i in range(len(source)):
             f = source.frame(i)
             labels = np.asarray(Image.open(pathlib.Path(label_dir) / f"{frame_name(source, i)}.png"))
-            img = f.rgb.astype(np.float32)
-            fg = labels > 0
-            img[fg] = 0.5 * img[fg] + 0.5 * palette[labels[fg]]
-            rgb = np.ascontiguousarray(img.astype(np.uint8))
-            gt = (f.instance > 0).astype(np.uint8)
-            contours, _ = cv2.findContours(gt, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(rgb, contours, -1, (255, 255, 255), 1)
-            yield rgb
+            rgb = draw_overlay(np.ascontiguousarray(f.rgb), labels, 0.5, colors=DAVIS_COLORS, captions=False)
+            yield draw_outlines(rgb, f.instance > 0, WHITE)
 
     write_mp4(path, frames(), fps)
     return path
