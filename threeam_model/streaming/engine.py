@@ -75,6 +75,26 @@ COMPOSE_MODES = ("auto", "sparse", "dense")
 # How a frame is resized to the model's input: "pil" (sam2's video loader: PIL's bicubic on the uint8 frame) or
 # "antialias_bilinear" (torchvision's resize of the [0, 1] float frame, as DAM4SAM's tracker prepares images)
 RESIZE_MODES = ("pil", "antialias_bilinear")
+_MEAN = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
+_STD = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
+
+
+def sam2_preprocess(frame: np.ndarray, size: int, resize: str = "pil", device=None) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float32 normalised on `device` (CPU if None): SAM 2's input for a frame.
+
+    "pil" is exactly sam2's frame loader (PIL's resize of the uint8 frame, squashed to a square); the parity tests
+    pin it. "antialias_bilinear" resizes the [0, 1] float frame on `device`, as DAM4SAM's tracker does. The
+    tracker and the trainer both prepare frames here.
+    """
+    device = torch.device("cpu") if device is None else device
+    if resize == "pil":
+        resized = np.array(Image.fromarray(frame).resize((size, size)))
+        image = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
+    else:
+        image = torch.from_numpy(frame).to(device).permute(2, 0, 1).float() / 255.0
+        image = F.interpolate(image[None], (size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    image = (image - _MEAN.to(image.device)) / _STD.to(image.device)
+    return image.to(device)
 
 
 @dataclasses.dataclass
@@ -169,8 +189,6 @@ class StreamingSAM2(Tracker):
         self.steps = TorchSteps(model, compile) if steps is None else steps
         if self.compile:
             self.features.compile("reduce-overhead" if self.device.type == "cuda" else None)
-        self._img_mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
-        self._img_std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
         self.reset()
 
     # --------------------------------------------------------------------------------------------- interface
@@ -319,16 +337,8 @@ class StreamingSAM2(Tracker):
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def _preprocess(self, frame: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (1, 3, S, S) normalised, exactly as sam2's frame loader does it."""
-        size = self.model.image_size
-        if self.resize == "pil":
-            resized = np.array(Image.fromarray(frame).resize((size, size)))
-            image = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
-        else:
-            image = torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float() / 255.0
-            image = F.interpolate(image[None], (size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-        image = (image - self._img_mean.to(image.device)) / self._img_std.to(image.device)
-        return image.to(self.device).unsqueeze(0)
+        """(H, W, 3) uint8 -> (1, 3, S, S) normalised, exactly as sam2's frame loader does it (`sam2_preprocess`)."""
+        return sam2_preprocess(frame, self.model.image_size, self.resize, self.device).unsqueeze(0)
 
     def _encode_frame(self, frame: np.ndarray, geometry: CameraGeometry | None, timings: dict):
         self.features.start(frame, geometry)  # e.g. 3AM's MUSt3R, queued to run beside the image encoder
@@ -489,4 +499,4 @@ class StreamingSAM2(Tracker):
         return m
 
 
-__all__ = ["COMPOSE_MODES", "IMG_MEAN", "IMG_STD", "RESIZE_MODES", "StreamingSAM2"]
+__all__ = ["COMPOSE_MODES", "IMG_MEAN", "IMG_STD", "RESIZE_MODES", "StreamingSAM2", "sam2_preprocess"]

@@ -14,28 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 from sam2.modeling.sam2_utils import get_next_point, sample_box_points
 from sam2.utils.misc import concat_points
 from torch import nn
 
+from threeam_model.streaming.engine import sam2_preprocess
 from threeam_model.streaming.features import merge_features
 from threeam_model.train.prompting import PromptPlan, PromptSchedule
 
-IMG_MEAN = (0.485, 0.456, 0.406)
-IMG_STD = (0.229, 0.224, 0.225)
-
 
 def sam2_input(frames: np.ndarray, size: int) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, size, size) normalised, resized like SAM 2's frame loader (PIL, squashed)."""
-    out = []
-    for frame in frames:
-        resized = np.asarray(Image.fromarray(frame).resize((size, size)), dtype=np.float32) / 255.0
-        out.append(torch.from_numpy(resized).permute(2, 0, 1))
-    x = torch.stack(out)
-    mean = torch.tensor(IMG_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMG_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) normalised, as the tracker prepares a frame (`sam2_preprocess`)."""
+    return torch.stack([sam2_preprocess(frame, size) for frame in frames])
 
 
 def mask_targets(masks: np.ndarray, size: int) -> torch.Tensor:
