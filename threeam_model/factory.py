@@ -223,11 +223,31 @@ def merger_config_for(sam2_model, must3r_model):
     )
 
 
+def build_threeam_parts(cfg: TrackerConfig, payload: dict | None = None):
+    """(sam2_model, must3r_model, merger) of a 3AM config: the one assembly, used by `build_threeam` and the trainer.
+
+    The merger is sized to the models (or as `payload`, a read 3AM checkpoint, records it) and seeded with
+    cfg.seed; a payload's weights are loaded into the merger and SAM 2's fine-tuned heads. Nothing is wrapped
+    in a stream or moved: the merger stays on the CPU.
+    """
+    from threeam_model import threeam_checkpoint
+    from threeam_model.merger import FeatureMerger
+
+    sam2 = build_sam2_model(cfg)
+    must3r = build_must3r_model(cfg)
+    merger_cfg = threeam_checkpoint.merger_config(payload) if payload else merger_config_for(sam2, must3r)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        merger = FeatureMerger(merger_cfg)
+    if payload is not None:
+        threeam_checkpoint.load_into(payload, merger, sam2, source=str(cfg.threeam_checkpoint))
+    return sam2, must3r, merger
+
+
 def build_threeam(cfg: TrackerConfig):
     """SAM 2 + MUSt3R + Feature Merger (+ the 3AM checkpoint's fine-tuned heads): the streaming engine with the
     merged-feature provider."""
     from threeam_model import threeam_checkpoint
-    from threeam_model.merger import FeatureMerger
     from threeam_model.streaming import MergedFeatures, StreamingSAM2
 
     device = cfg.torch_device
@@ -239,15 +259,8 @@ def build_threeam(cfg: TrackerConfig):
             recorded["sam2_variant"] = VARIANT_ALIASES.get(str(recorded["sam2_variant"]), recorded["sam2_variant"])
         expected = {"tiny": True} if cfg.tiny else {"sam2_variant": cfg.variant, "must3r": cfg.must3r, "tiny": False}
         threeam_checkpoint.check_compatible({"config": recorded}, expected, source=str(cfg.threeam_checkpoint))
-    sam2 = build_sam2_model(cfg)
-    must3r = build_must3r_model(cfg)
-    merger_cfg = threeam_checkpoint.merger_config(payload) if payload else merger_config_for(sam2, must3r)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        merger = FeatureMerger(merger_cfg)
-    if payload is not None:
-        threeam_checkpoint.load_into(payload, merger, sam2, source=str(cfg.threeam_checkpoint))
-    stream = must3r_stream(must3r, cfg, feat_layers=(0, *merger_cfg.merge_layers))
+    sam2, must3r, merger = build_threeam_parts(cfg, payload)
+    stream = must3r_stream(must3r, cfg, feat_layers=(0, *merger.cfg.merge_layers))
     merge = None
     if cfg.backend == "onnxruntime" and os.path.isfile(os.path.join(cfg.onnx_dir, "merger.json")):
         from threeam_model.export.runtime import OnnxMerger

@@ -13,6 +13,7 @@ clips and prompts and its loss curve continues the uninterrupted one bit for bit
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import pathlib
@@ -72,8 +73,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ building
     def _build_model(self) -> None:
         from threeam_model import factory
-        from threeam_model.merger import FeatureMerger
-        from threeam_model.must3r.stream import Must3rStream
 
         m = self.cfg["model"]
         tracker_cfg = factory.TrackerConfig(
@@ -82,27 +81,23 @@ class Trainer:
             must3r_checkpoint=None if m["tiny"] else m["must3r_checkpoint"],
             device=str(self.device), tiny=m["tiny"], seed=self.seed,
         )  # fmt: skip
-        sam2 = factory.build_sam2_model(tracker_cfg)
         merger = None
         self.must3r = None
-        if m["method"] == "3am":
-            must3r_model = factory.build_must3r_model(tracker_cfg).eval()
-            must3r_model.requires_grad_(False)
+        if m["method"] == "3am":  # the tracker's assembly (factory.build_threeam), without the stream around it
+            sam2, must3r_model, merger = factory.build_threeam_parts(tracker_cfg)
+            must3r_model.eval().requires_grad_(False)
             self.must3r = must3r_model
-            merger_cfg = factory.merger_config_for(sam2, must3r_model)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                merger = FeatureMerger(merger_cfg).to(self.device)
-            table = factory.TINY_MUST3R_TABLE if m["tiny"] else int(m["must3r"])
+            merger = merger.to(self.device)
+            feat_layers = (0, *merger.cfg.merge_layers)
 
-            def stream_factory():
-                return Must3rStream(
-                    must3r_model, image_size=table, max_memory_images=int(m["must3r_max_memory_images"]),
-                    feat_layers=(0, *merger_cfg.merge_layers), device=self.device,
-                )  # fmt: skip
+            def stream_factory():  # training's own memory cap (model.must3r_max_memory_images)
+                cfg = dataclasses.replace(tracker_cfg, must3r_max_keyframes=int(m["must3r_max_memory_images"]))
+                return factory.must3r_stream(must3r_model, cfg, feat_layers=feat_layers)
 
             cache = self.cfg["must3r"]["cache_dir"] or self.out_dir / "must3r_cache"
             self.features = Must3rFeatures(stream_factory, cache, getattr(torch, self.cfg["must3r"]["cache_dtype"]))
+        else:
+            sam2 = factory.build_sam2_model(tracker_cfg)
         if m["init_checkpoint"]:
             from threeam_model import threeam_checkpoint
 
