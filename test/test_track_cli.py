@@ -140,6 +140,32 @@ def test_demo_with_tiny_models(tmp_path, capsys):
     assert "demo scores against the ground truth" in captured.out
 
 
+def test_demo_with_rgbd_reid_gets_the_clips_exact_geometry(tmp_path, capsys, monkeypatch):
+    from threeam_model.reid.reid import GeometricReID
+
+    seen = []
+    track = GeometricReID.track
+
+    def recording(self, frame, geometry=None):
+        seen.append(geometry)
+        return track(self, frame, geometry)
+
+    monkeypatch.setattr(GeometricReID, "track", recording)
+    out = tmp_path / "demo"
+    argv = ["--demo", "--tiny", "-o", str(out), "--demo-frames", "4", "--quiet", "--no-video", "--method", "sam2"]
+    assert cli.main([*argv, "--reid", "rgbd"]) == 0
+    assert "geometric re-id (rgbd)" in capsys.readouterr().err
+    from threeam_model.data.readers.synthetic import SyntheticScene
+
+    scene = SyntheticScene(out / "demo_scene")
+    assert seen and all(g is not None for g in seen)
+    depths = {g.depth.tobytes() for g in seen}
+    truth = {scene.frame(i, with_rgb=False).depth.tobytes() for i in range(len(scene))}
+    assert depths <= truth and len(depths) == len(truth), "every tracked frame got one of the clip's depth maps"
+    assert cli.main(["clip.mp4", "--point", "1:1,1", "--reid", "rgbd", "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "only the --demo clip" in capsys.readouterr().err
+
+
 def test_missing_weights_give_a_loud_warning_and_random_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("THREEAM_WEIGHTS", str(tmp_path / "empty"))
     args = cli.build_parser().parse_args(["clip.mp4", "--point", "1:1,1"])

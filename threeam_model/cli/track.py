@@ -225,8 +225,10 @@ def track_video(
     mask_dir: pathlib.Path,
     direction: str = "both",
     progress: bool = True,
+    geometry=None,
 ) -> dict:
-    """Run the forward and/or backward pass and write one label PNG per frame. Returns timing statistics."""
+    """Run the forward and/or backward pass and write one label PNG per frame. Returns timing statistics.
+    geometry: frame index -> CameraGeometry (depth, K, pose) for trackers that use it (re-identification rgbd)."""
     from tqdm import tqdm
 
     n = len(source)
@@ -247,7 +249,7 @@ def track_video(
 
     def step(index: int, rgb: np.ndarray, prompt: bool) -> None:
         t0 = time.perf_counter()
-        result = tracker.track(rgb)
+        result = tracker.track(rgb) if geometry is None else tracker.track(rgb, geometry=geometry(index))
         if prompt:
             result = _prompt_all(tracker, prompts, index)
         times.append(time.perf_counter() - t0)
@@ -272,7 +274,8 @@ def track_video(
     if backward:
         tracker.reset()
         if forward:  # frame K is written already: only restart the prompts there
-            tracker.track(before[prompt_frame])
+            rgb = before[prompt_frame]
+            tracker.track(rgb) if geometry is None else tracker.track(rgb, geometry=geometry(prompt_frame))
             _prompt_all(tracker, prompts, prompt_frame)
         else:
             step(prompt_frame, before[prompt_frame], prompt=True)
@@ -309,6 +312,20 @@ def make_demo(out: pathlib.Path, seed: int, num_frames: int) -> tuple[pathlib.Pa
         raise RuntimeError(f"the generated demo scene (seed {seed}) shows no object large enough to prompt")
     inst = scene.frame(best, with_rgb=False).instance
     return scene_dir, best, {o: ObjectPrompt(mask=inst == o) for o in best_ids}
+
+
+def demo_geometry(scene_dir: pathlib.Path):
+    """frame index -> the generated clip's exact CameraGeometry (depth in metres, K, camera-to-world pose)."""
+    from threeam_model.data.readers.synthetic import SyntheticScene
+    from threeam_model.interface import CameraGeometry
+
+    scene = SyntheticScene(scene_dir)
+
+    def geometry(index: int) -> CameraGeometry:
+        frame = scene.frame(index, with_rgb=False)
+        return CameraGeometry(frame.depth, frame.K, frame.pose)
+
+    return geometry
 
 
 def demo_scores(scene_dir: pathlib.Path, mask_dir: pathlib.Path, obj_ids) -> dict:
@@ -364,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16: autocast")
     m.add_argument("--max-objects", type=int, default=16, help="cap on tracked objects (default: 16)")
+    m.add_argument(
+        "--reid",
+        choices=("off", "rgbd", "must3r"),
+        default="off",
+        help="geometric re-identification: rgbd (the demo clip's exact depth and poses; --demo only) or must3r",
+    )
     m.add_argument("--compile", action="store_true", help="torch.compile the image encoder (+ merger); CUDA graphs")
     m.add_argument("--per-object", action="store_true", help="official per-object step instead of batched objects")
     m.add_argument("--memory-policy", choices=MEMORY_POLICIES, default="sam2", help="per-object memory (default: sam2)")
@@ -393,7 +416,7 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
     common = dict(method=args.method, device=args.device, dtype=args.dtype, max_objects=args.max_objects,
                   seed=args.seed, compile=args.compile, batch_objects=not args.per_object,
                   memory_policy=args.memory_policy, backend=args.backend, onnx_dir=args.onnx,
-                  onnx_providers=tuple(args.onnx_providers.split(",")))  # fmt: skip
+                  onnx_providers=tuple(args.onnx_providers.split(",")), reid=args.reid)  # fmt: skip
     if args.tiny:
         return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]
     sam2_ckpt = None if args.random_weights else args.sam2_checkpoint
@@ -444,7 +467,11 @@ def _run(args) -> int:
         scene_dir, prompt_frame, prompts = make_demo(out, args.seed, args.demo_frames)
         source = FrameSource(scene_dir / "rgb", args.max_frames)
         source.video_name = "demo"
+        geometry = demo_geometry(scene_dir) if args.reid == "rgbd" else None
     else:
+        if args.reid == "rgbd":
+            raise UsageError("--reid rgbd needs each frame's depth and pose: only the --demo clip has them here")
+        geometry = None
         if not args.input:
             raise UsageError("give a video file or an image folder (or --demo for a generated clip)")
         source = FrameSource(args.input, args.max_frames)
@@ -468,7 +495,9 @@ def _run(args) -> int:
     mask_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sam2 warns per frame about its optional CUDA extension
-        stats = track_video(tracker, source, prompts, prompt_frame, mask_dir, args.direction, not args.quiet)
+        stats = track_video(
+            tracker, source, prompts, prompt_frame, mask_dir, args.direction, not args.quiet, geometry=geometry
+        )
     print(f"{PROG}: {stats['frames']} frames tracked, {stats['mean_s'] * 1000:.0f} ms per frame; masks in {mask_dir}",
           file=sys.stderr)  # fmt: skip
     if not args.no_video:
