@@ -25,6 +25,7 @@ import numpy as np
 from threeam_model.data.labels_io import read_annotation, write_annotation
 from threeam_model.data.video import write_mp4
 from threeam_model.errors import ExportError, PromptError, TrackerInputError, UsageError
+from threeam_model.eval.protocols import bidirectional
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
 from threeam_model.interface import FrameResult
 from threeam_model.streaming.policies import MEMORY_POLICIES
@@ -217,6 +218,39 @@ def _prompt_all(tracker, prompts: dict[int, ObjectPrompt], frame_index: int) -> 
     return FrameResult(frame_index, (h, w), objects)
 
 
+class _OnePass:
+    """A source's frames read in one pass, served to `bidirectional` in the order it asks: frames(t).
+
+    The forward pass reads on from the source; frames 0..K (the prompt frame) are kept only when a backward pass
+    follows, and each is dropped once that pass has used it. Past the real end of a video whose container promised
+    more frames, frames(t) is None for t > K (the forward pass ends there) and a UsageError for t <= K.
+    """
+
+    def __init__(self, source: FrameSource, prompt_frame: int, keep: bool):
+        self._frames = iter(source)
+        self._next = 0  # the position of the next frame the source yields
+        self._k = prompt_frame
+        self._keep = keep
+        self._kept: dict[int, np.ndarray] = {}
+        self.size: tuple[int, int] | None = None  # of the frames read so far
+
+    def __call__(self, t: int) -> np.ndarray | None:
+        if t < self._next:  # the backward pass, or its restart at K: a kept frame, used for the last time
+            return self._kept.pop(t)
+        rgb = None
+        while self._next <= t:
+            rgb = next(self._frames, None)
+            if rgb is None:
+                if t <= self._k:
+                    raise UsageError(f"the video ended before the prompt frame {self._k}")
+                return None
+            self.size = rgb.shape[:2]
+            if self._keep and self._next <= self._k:
+                self._kept[self._next] = rgb
+            self._next += 1
+        return rgb
+
+
 def track_video(
     tracker,
     source: FrameSource,
@@ -237,52 +271,40 @@ def track_video(
     forward = direction in ("both", "forward")
     backward = direction in ("both", "backward") and prompt_frame > 0
     todo = (n - prompt_frame if forward else 1) + (prompt_frame if backward else 0)
+    frames = _OnePass(source, prompt_frame, keep=backward)
+    elapsed = [0.0]  # of the last start or step: the restart before the backward pass is in no frame's time
+
+    def timed(run, index: int):
+        t0 = time.perf_counter()
+        result = run(index)
+        elapsed[0] = time.perf_counter() - t0
+        return result
+
+    def track(index: int) -> FrameResult | None:
+        rgb = frames(index)
+        if rgb is None:
+            return None
+        return tracker.track(rgb) if geometry is None else tracker.track(rgb, geometry=geometry(index))
+
+    def start(index: int) -> FrameResult:
+        tracker.reset()
+        track(index)
+        return _prompt_all(tracker, prompts, index)
+
     written: set[int] = set()
     times: list[float] = []
-    size = None
-
-    def save(index: int, result: FrameResult) -> None:
+    bar = tqdm(total=todo, desc=f"{PROG} {source.video_name}", unit="frame", disable=not progress, file=sys.stderr)
+    schedule = bidirectional(n, prompt_frame, lambda k: timed(start, k), lambda t: timed(track, t), direction)
+    if not (forward or backward):  # backward from frame 0: nothing is tracked, not even the prompt frame (as ever)
+        frames(prompt_frame)
+        schedule = ()
+    for index, result in schedule:
+        times.append(elapsed[0])
         write_annotation(mask_dir / f"{source.names[index]}.png", result.label_image())
         written.add(index)
-
-    bar = tqdm(total=todo, desc=f"{PROG} {source.video_name}", unit="frame", disable=not progress, file=sys.stderr)
-
-    def step(index: int, rgb: np.ndarray, prompt: bool) -> None:
-        t0 = time.perf_counter()
-        result = tracker.track(rgb) if geometry is None else tracker.track(rgb, geometry=geometry(index))
-        if prompt:
-            result = _prompt_all(tracker, prompts, index)
-        times.append(time.perf_counter() - t0)
-        save(index, result)
         bar.update()
-
-    before: list[np.ndarray | None] = []  # frames 0..K, kept for the backward pass only
-    reached = False
-    tracker.reset()
-    for i, rgb in enumerate(source):
-        size = rgb.shape[:2]
-        if i <= prompt_frame and backward:
-            before.append(rgb)
-        if i == prompt_frame:
-            reached = True
-            if not forward:
-                break
-        if forward and i >= prompt_frame:
-            step(i, rgb, prompt=i == prompt_frame)
-    if not reached:
-        raise UsageError(f"the video ended before the prompt frame {prompt_frame}")
-    if backward:
-        tracker.reset()
-        if forward:  # frame K is written already: only restart the prompts there
-            rgb = before[prompt_frame]
-            tracker.track(rgb) if geometry is None else tracker.track(rgb, geometry=geometry(prompt_frame))
-            _prompt_all(tracker, prompts, prompt_frame)
-        else:
-            step(prompt_frame, before[prompt_frame], prompt=True)
-        for i in range(prompt_frame - 1, -1, -1):
-            before[i + 1] = None  # release frames as soon as the pass is past them
-            step(i, before[i], prompt=False)
     bar.close()
+    size = frames.size
     blank = np.zeros(size, np.uint8) if size else None
     for i in range(len(source)):  # frames outside the tracked range: background only
         if i not in written and blank is not None:

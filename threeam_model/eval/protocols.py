@@ -25,6 +25,7 @@ import numpy as np
 from threeam_model.interface import ObjectResult, Tracker
 
 PROTOCOLS = ("bidirectional", "two_view")
+DIRECTIONS = ("both", "forward", "backward")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,37 @@ def _only(objects: dict[int, ObjectResult], prompts: dict[int, np.ndarray]) -> d
     return {k: objects[k] for k in prompts}
 
 
+def bidirectional(
+    num_frames: int, cond: int, start: Callable[[int], object], step: Callable[[int], object], direction: str = "both"
+) -> Iterator[tuple[int, object]]:
+    """The forward/backward driver, for any way of starting and stepping a tracker (the benchmark, threeam-track).
+
+    start(cond): a fresh stream conditioned on frame `cond`, returning its result there; step(t): track frame t,
+    returning its result, or None when a stream whose length was a guess has ended (the forward pass stops).
+    Yields (t, result) once per frame: `cond` (start's result), then forward cond+1..num_frames-1, then, after a
+    fresh start at `cond` (its result dropped, the frame was given already), backward cond-1..0. `direction`
+    ("both", "forward", "backward") leaves a pass out; conditioning on frame 0 has no backward pass.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if not 0 <= cond < num_frames:
+        raise ValueError(f"conditioning frame {cond} is outside 0..{num_frames - 1}")
+    forward = direction in ("both", "forward")
+    backward = direction in ("both", "backward") and cond > 0
+    yield cond, start(cond)
+    if forward:
+        for t in range(cond + 1, num_frames):
+            result = step(t)
+            if result is None:
+                break
+            yield t, result
+    if backward:
+        if forward:
+            start(cond)
+        for t in range(cond - 1, -1, -1):
+            yield t, step(t)
+
+
 def run_bidirectional(
     tracker: Tracker, load_frame: FrameLoader, num_frames: int, cond: int, prompts: dict[int, np.ndarray]
 ) -> Iterator[Prediction]:
@@ -94,15 +126,12 @@ def run_bidirectional(
     Yields (frame position, results) for every frame exactly once; the conditioning frame's results are the
     tracker's answers to the prompts.
     """
-    if not 0 <= cond < num_frames:
-        raise ValueError(f"conditioning frame {cond} is outside 0..{num_frames - 1}")
-    yield cond, _only(_start(tracker, load_frame, cond, prompts), prompts)
-    for t in range(cond + 1, num_frames):
-        yield t, _only(tracker.track(load_frame(t)).objects, prompts)
-    if cond > 0:
-        _start(tracker, load_frame, cond, prompts)
-        for t in range(cond - 1, -1, -1):
-            yield t, _only(tracker.track(load_frame(t)).objects, prompts)
+    return bidirectional(
+        num_frames,
+        cond,
+        start=lambda c: _only(_start(tracker, load_frame, c, prompts), prompts),
+        step=lambda t: _only(tracker.track(load_frame(t)).objects, prompts),
+    )
 
 
 def run_two_view(
@@ -140,8 +169,10 @@ def group_by_conditioning_frame(cond_of: dict[int, int]) -> dict[int, list[int]]
 
 
 __all__ = [
+    "DIRECTIONS",
     "PROTOCOLS",
     "SubsetRule",
+    "bidirectional",
     "conditioning_frame",
     "count_segments",
     "group_by_conditioning_frame",
