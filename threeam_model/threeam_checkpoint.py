@@ -25,18 +25,14 @@ from torch import nn
 
 from threeam_model.errors import CheckpointError
 from threeam_model.merger import FeatureMerger, MergerConfig
+from threeam_model.train.trainable import PARTS, trainable_parts
 
 FORMAT = "threeam-3am"
 VERSION = 1
-PARTS = ("merger", "memory_attention", "mask_decoder")
 
 
 def _parts(merger: FeatureMerger, sam2_model: nn.Module) -> dict[str, nn.Module]:
-    return {
-        "merger": merger,
-        "memory_attention": sam2_model.memory_attention,
-        "mask_decoder": sam2_model.sam_mask_decoder,
-    }
+    return trainable_parts(sam2_model, merger)  # a checkpoint holds exactly what training fine-tunes
 
 
 def save_checkpoint(path, merger: FeatureMerger, sam2_model: nn.Module, config: dict | None = None) -> pathlib.Path:

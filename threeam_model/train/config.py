@@ -11,6 +11,8 @@ import re
 
 import yaml
 
+from threeam_model.train.trainable import PAPER_LEARNING_RATES
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `1e-5` (no dot) as a string; learning rates are written that way, so read it as a float."""
@@ -75,7 +77,7 @@ DEFAULTS: dict = {
     },
     "loss": {"loss_mask": 20.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_class": 1.0},
     "optim": {
-        "lr": {"merger": 1.0e-5, "memory_attention": 5.0e-6, "mask_decoder": 5.0e-6},
+        "lr": dict(PAPER_LEARNING_RATES),
         "schedule": "cosine",  # SAM 2: cosine from lr to lr / 10 over the run; or "constant"
         "weight_decay": 0.1,  # SAM 2: 0.1 on weights, 0 on biases and norms
         "grad_clip": 0.1,  # SAM 2: max L2 norm 0.1 (null: off)

@@ -150,18 +150,9 @@ class ThreeAMTrainModel(nn.Module):
 def freeze_for_3am(train_model: ThreeAMTrainModel, lrs: dict | None = None) -> list[dict]:
     """The paper's split: only the merger (1e-5), memory attention (5e-6) and mask decoder (5e-6) train.
 
-    Uses the tracker's `trainable_parameter_groups` when there is a merger; without one (plain SAM 2 fine-tuning)
-    only memory attention and mask decoder train, with the same learning rates.
+    Without a merger (plain SAM 2 fine-tuning) only memory attention and mask decoder train, with the same learning
+    rates (`trainable_parameter_groups`).
     """
-    from threeam_model.train.trainable import PAPER_LEARNING_RATES, trainable_parameter_groups
+    from threeam_model.train.trainable import trainable_parameter_groups
 
-    if train_model.merger is not None:
-        return trainable_parameter_groups(train_model.sam2, train_model.merger, lrs=lrs)
-    rates = {**PAPER_LEARNING_RATES, **(lrs or {})}
-    sam2 = train_model.sam2
-    sam2.requires_grad_(False)
-    groups = []
-    for name, module in (("memory_attention", sam2.memory_attention), ("mask_decoder", sam2.sam_mask_decoder)):
-        module.requires_grad_(True)
-        groups.append({"name": name, "params": list(module.parameters()), "lr": rates[name]})
-    return groups
+    return trainable_parameter_groups(train_model.sam2, train_model.merger, lrs=lrs)

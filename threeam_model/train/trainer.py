@@ -32,6 +32,7 @@ from threeam_model.train.model_step import ThreeAMTrainModel, freeze_for_3am, ma
 from threeam_model.train.must3r_features import Must3rFeatures
 from threeam_model.train.prompting import PromptSchedule, plan_prompts
 from threeam_model.train.sources import build_sources
+from threeam_model.train.trainable import trainable_parts
 
 CSV_FIELDS = ["step", "epoch", "loss", *LOSS_KEYS, "mode", "dataset", "scene", "frames", "objects", "lr_scale", "sec"]
 
@@ -146,10 +147,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ state
     @property
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        parts = {"memory_attention": self.model.sam2.memory_attention, "mask_decoder": self.model.sam2.sam_mask_decoder}
-        if self.model.merger is not None:
-            parts["merger"] = self.model.merger
-        return parts
+        return trainable_parts(self.model.sam2, self.model.merger)
 
     def checkpoint_path(self, step: int | None = None) -> pathlib.Path:
         d = self.out_dir / "checkpoints"
