@@ -7,7 +7,7 @@
 Accuracy part. Scenes come from `threeam_model.data.synthetic.render_scene` (a camera circling the room while
 panning, so objects leave the view and come back, often seen from another side; every other scene has a look-alike
 copy of object 1). Each object is prompted with its ground-truth mask on the first frame it covers >= --prompt-px
-pixels. The base tracker is `LossyOracleTracker`: a perfect segmenter while it follows an object that never
+pixels. The base tracker is `GroundTruthTracker`: a perfect segmenter while it follows an object that never
 re-finds a lost object by itself and takes a look-alike for a lost object; prompts make it follow the instance
 under the positive point. Mode off = that base alone; mode on = GeometricReID over it with RGBDGeometry (the
 rendered depth, K and poses). So the numbers measure the re-identification's decisions, not a segmenter.
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from threeam_model.data.synthetic import render_scene
+from threeam_model.instances.oracle import GroundTruthTracker
 from threeam_model.interface import CameraGeometry
 from threeam_model.reid import GeometricReID, ReIDConfig, RGBDGeometry
-from threeam_model.reid.oracle import LossyOracleTracker
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,7 +52,7 @@ def run_scene(scene: dict, mode: str, args) -> dict:
     for o in scene["objects"]:
         if o["lookalike_of"] is not None:
             twins[o["id"]], twins[o["lookalike_of"]] = o["lookalike_of"], o["id"]
-    base = LossyOracleTracker(lambda i: inst[i], lose_below=args.lose_px, lookalikes=twins)
+    base = GroundTruthTracker(lambda i: inst[i], lose_below=args.lose_px, lookalikes=twins)
     mode_on = mode != "off"
     config = ReIDConfig(reject_out_of_view=mode == "on+reject")
     tracker = GeometricReID(base, RGBDGeometry(), config) if mode_on else base

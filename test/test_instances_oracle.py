@@ -8,10 +8,10 @@ from threeam_model.data.readers import RenderedScene
 from threeam_model.data.synthetic import render_scene, scene_points
 from threeam_model.instances.evaluator import SceneInstances, evaluate, masks_from_labels
 from threeam_model.instances.keyframes import KeyframeParams
+from threeam_model.instances.oracle import GroundTruthTracker
 from threeam_model.instances.pipeline import InstancePipeline, PipelineParams
 from threeam_model.instances.proposals import OracleProposals
 from threeam_model.instances.superpoints import superpoints
-from threeam_model.reid.oracle import LossyOracleTracker
 
 SEEDS = (0, 1, 2)
 
@@ -31,7 +31,7 @@ def _run(scenes, lose_below: int, params: PipelineParams):
     for src, pts, spx in scenes:
         # lose_below=0: follows its object forever, re-finding it when it comes back into view; 20: loses it for
         # good once it leaves the view (a later keyframe proposes it again as a new track)
-        tracker = LossyOracleTracker(lambda i, s=src: s.frame(i, with_rgb=False).instance, lose_below=lose_below)
+        tracker = GroundTruthTracker(lambda i, s=src: s.frame(i, with_rgb=False).instance, lose_below=lose_below)
         result = InstancePipeline(tracker, OracleProposals(), pts["points"], spx, params).run(src)
         masks, scores = masks_from_labels(result.labels, result.scores)
         evaluated.append(SceneInstances(pts["instance"], masks, scores))

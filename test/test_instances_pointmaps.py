@@ -10,10 +10,10 @@ from threeam_model.data.readers import RenderedScene
 from threeam_model.data.synthetic import render_scene, scene_points
 from threeam_model.instances.evaluator import SceneInstances, evaluate, masks_from_labels
 from threeam_model.instances.keyframes import KeyframeParams
+from threeam_model.instances.oracle import GroundTruthTracker
 from threeam_model.instances.pipeline import InstancePipeline, PipelineParams
 from threeam_model.instances.pointmaps import VoxelCloud, align_and_transfer, umeyama
 from threeam_model.instances.proposals import OracleProposals
-from threeam_model.reid.oracle import LossyOracleTracker
 
 
 @dataclasses.dataclass
@@ -87,7 +87,7 @@ def test_pipeline_from_pointmaps_with_oracle_masks():
     sc = render_scene(seed=1, num_frames=80, num_objects=6)
     pts = scene_points(sc)
     src = RenderedScene(sc)
-    oracle = LossyOracleTracker(lambda i: src.frame(i, with_rgb=False).instance, lose_below=0)
+    oracle = GroundTruthTracker(lambda i: src.frame(i, with_rgb=False).instance, lose_below=0)
     # MUSt3R's frame: another scale and orientation than the dataset's
     angle = 0.7
     R = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
@@ -110,6 +110,6 @@ def test_pipeline_from_pointmaps_with_oracle_masks():
 def test_pointmap_mode_needs_pointmaps():
     sc = render_scene(seed=1, num_frames=2, width=64, height=48, num_objects=2)
     src = RenderedScene(sc)
-    oracle = LossyOracleTracker(lambda i: src.frame(i, with_rgb=False).instance)
+    oracle = GroundTruthTracker(lambda i: src.frame(i, with_rgb=False).instance)
     with pytest.raises(ValueError, match="pointmaps"):
         InstancePipeline(oracle, OracleProposals(), None).run(src)

@@ -1,7 +1,7 @@
 """Geometric re-identification on rendered scenes with exact depth and poses.
 
 Scenes are placed by hand (objects, camera path) and rendered by the procedural generator's ray caster, so every
-frame has exact depth, intrinsics, pose and instance ids. The base tracker is `LossyOracleTracker`: perfect while it
+frame has exact depth, intrinsics, pose and instance ids. The base tracker is `GroundTruthTracker`: perfect while it
 follows an object, lost for good once the object leaves the view, and it follows whatever instance a prompt points
 at. So these tests judge only the re-identification's own decisions: when it prompts, and where.
 """
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from threeam_model.data.synthetic import intrinsics, look_at, render_frame
+from threeam_model.instances.oracle import GroundTruthTracker
 from threeam_model.interface import CameraGeometry
 from threeam_model.reid import GeometricReID, GeometryInputError, Must3rGeometry, ReIDConfig, RGBDGeometry
-from threeam_model.reid.oracle import LossyOracleTracker
 from threeam_model.reid.reid import OCCLUDED, OUT_OF_VIEW, VISIBLE
 
 W, H = 160, 120
@@ -48,7 +48,7 @@ def _yaw_pose(position, yaw_deg, target_height=0.3):
 
 def _run(rgb, depth, inst, poses, obj_gt=1, config=None, lose_below=20, start=0, switch_at=None):
     """Prompt object 1 with its GT mask on `start`, track the rest; returns (tracker, results, base)."""
-    base = LossyOracleTracker(lambda i: inst[start + i], lose_below=lose_below)
+    base = GroundTruthTracker(lambda i: inst[start + i], lose_below=lose_below)
     tracker = GeometricReID(base, RGBDGeometry(), config or ReIDConfig())
     results = []
     for t in range(start, len(rgb)):
@@ -168,7 +168,7 @@ def test_occluded_object_is_not_prompted_until_it_comes_out():
     assert not any(t in events for t in hidden), f"prompted while fully hidden: {sorted(events)}"
     # while hidden, the anchor is in view but behind the pillar
     states = {}
-    probe = GeometricReID(LossyOracleTracker(lambda i: inst[i]), RGBDGeometry())
+    probe = GeometricReID(GroundTruthTracker(lambda i: inst[i]), RGBDGeometry())
     for t in range(len(poses)):
         probe.track(rgb[t], geometry=CameraGeometry(depth[t], K, poses[t]))
         if t == 0:
@@ -221,7 +221,7 @@ def test_correct_tracking_raises_no_events_and_anchor_stays_bounded():
 def test_frames_without_geometry_pass_the_base_result_through():
     poses = np.stack([_yaw_pose((0.0, -3.0, 1.2), a) for a in (0.0, 60.0, 0.0)])
     rgb, depth, inst = _render(poses, [[_box(1, 0.0, 0.0)]] * 3)
-    base = LossyOracleTracker(lambda i: inst[min(i, 2)])  # frame 3 shows frame 2 again
+    base = GroundTruthTracker(lambda i: inst[min(i, 2)])  # frame 3 shows frame 2 again
     tracker = GeometricReID(base, RGBDGeometry())
     tracker.track(rgb[0], geometry=CameraGeometry(depth[0], K, poses[0]))
     tracker.add_prompt(1, mask=inst[0] == 1)
@@ -233,7 +233,7 @@ def test_frames_without_geometry_pass_the_base_result_through():
     assert res.objects[1].reacquired and [e.frame_index for e in tracker.events] == [3]
 
 
-class _RecordingOracle(LossyOracleTracker):
+class _RecordingOracle(GroundTruthTracker):
     def track(self, frame, geometry=None):
         self.given = geometry
         return super().track(frame, geometry=geometry)
@@ -284,7 +284,7 @@ def test_lookalike_jump_while_anchor_out_of_view_is_rejected_only_when_asked():
     assert px1[0] > 300 and px2[gone] > 300 and (px1[gone:] == 0).all()
 
     def run(reject):
-        base = LossyOracleTracker(lambda i: inst[i], lookalikes={1: 2, 2: 1})
+        base = GroundTruthTracker(lambda i: inst[i], lookalikes={1: 2, 2: 1})
         tracker = GeometricReID(base, RGBDGeometry(), ReIDConfig(reject_out_of_view=reject))
         results = []
         for t in range(len(rgb)):
@@ -358,7 +358,7 @@ def test_rgb_only_geometry_in_a_scale_free_world_reacquires_the_returning_object
     objects = [_box(1, 0.0, 0.0)]
     rgb, depth, inst = _render(poses, [objects] * len(poses))
     px = (inst == 1).sum(axis=(1, 2))
-    base = LossyOracleTracker(lambda i: inst[i])
+    base = GroundTruthTracker(lambda i: inst[i])
     tracker = GeometricReID(base, Must3rGeometry(_ExactPointmapStream(poses, objects), conf_min=3.0))
     for t in range(len(rgb)):
         res = tracker.track(rgb[t])

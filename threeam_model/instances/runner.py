@@ -61,10 +61,10 @@ def build_method(
     if proposal_source not in PROPOSAL_SOURCES:
         raise ValueError(f"proposals must be one of {PROPOSAL_SOURCES}, got {proposal_source!r}")
     if method == ORACLE:
-        from threeam_model.reid.oracle import LossyOracleTracker
+        from threeam_model.instances.oracle import GroundTruthTracker
 
         # lose_below=0: it never loses its object, and re-finds it whenever it is back in view
-        tracker = LossyOracleTracker(lambda i: frames.frame(i, with_rgb=False).instance, lose_below=0)
+        tracker = GroundTruthTracker(lambda i: frames.frame(i, with_rgb=False).instance, lose_below=0)
         return tracker, OracleProposals()
     from threeam_model.factory import build_tracker
 

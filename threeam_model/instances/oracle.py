@@ -1,6 +1,8 @@
-"""A base tracker driven by ground-truth instance maps that fails the way plain SAM 2 fails, for measuring re-id.
+"""A tracker that answers from ground-truth instance maps, with failures injected the way plain SAM 2 fails.
 
-`LossyOracleTracker` segments perfectly while it follows an object, but:
+`GroundTruthTracker` is the `--method oracle` of `threeam-instances` / `threeam-bench --task instances3d` (with
+`lose_below=0` it never fails: perfect masks), and the base tracker that re-identification is measured on
+(benchmarks/reid_synthetic.py, the re-id tests). It segments perfectly while it follows an object, but:
 - once the object it follows drops below `lose_below` visible pixels (it left the view or got hidden) it is lost
   and stays lost: it never re-finds the object by itself;
 - while lost, a registered look-alike that comes into view is taken for the object (an identity switch);
@@ -27,7 +29,7 @@ from threeam_model.interface import (
 )
 
 
-class LossyOracleTracker(Tracker):
+class GroundTruthTracker(Tracker):
     def __init__(
         self,
         instance_of_frame: Callable[[int], np.ndarray],
@@ -116,3 +118,6 @@ class LossyOracleTracker(Tracker):
     def _result(self, obj_id: int, gt: int | None) -> ObjectResult:
         mask = np.zeros(self._inst.shape, bool) if gt is None else self._inst == gt
         return ObjectResult.from_logits(obj_id, np.where(mask, 10.0, -10.0), 1.0 if mask.any() else 0.0)
+
+
+__all__ = ["GroundTruthTracker"]
