@@ -35,8 +35,19 @@ from threeam_model.streaming import StreamingSAM2
 COMBOS = [("t", "224"), ("t", "512"), ("b+", "224"), ("b+", "512"), ("l", "224"), ("l", "512")]
 # FrameResult.timings of a 3AM frame, in the table's order: MUSt3R's stages are device times (CUDA events), the
 # others host times around the engine's steps
-STAGES_3AM = ("image_encoder", "must3r_encode", "must3r_decode", "must3r_postprocess", "must3r_pose",
-              "must3r_coverage", "must3r", "merger", "objects", "results", "total")  # fmt: skip
+STAGES_3AM = (
+    "image_encoder",
+    "must3r_encode",
+    "must3r_decode",
+    "must3r_postprocess",
+    "must3r_pose",
+    "must3r_coverage",
+    "must3r",
+    "merger",
+    "objects",
+    "results",
+    "total",
+)
 
 
 def sync(device) -> None:
@@ -125,21 +136,28 @@ def objects_part(args, frames: np.ndarray, device: str, dtype: str, t_start: flo
         }
         by_n = {}
         for n in (1, 4, 16):
-            with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch_dtype,
-                                                         enabled=torch_dtype != torch.float32):  # fmt: skip
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.split(":")[0], dtype=torch_dtype, enabled=torch_dtype != torch.float32),
+            ):
                 official = official_fps(model, frames, n, args.warmup, device)
             with torch.inference_mode():
                 r = {name: fps(t, frames, n, args.warmup, device) for name, t in engines.items()}
             by_n[n] = r
             ratio = f"{by_n[16]['batched'] / by_n[1]['batched']:.0%}" if n == 16 else ""
-            print(f"| {size} | {n} | {official:.1f} | {r['per_object']:.1f} | {r['batched']:.1f} | "
-                  f"{r['compiled']:.1f} | {ratio} |", flush=True)  # fmt: skip
+            print(
+                f"| {size} | {n} | {official:.1f} | {r['per_object']:.1f} | {r['batched']:.1f} | "
+                f"{r['compiled']:.1f} | {ratio} |",
+                flush=True,
+            )
         if size == 1024:
             frame_s = 1 / by_n[16]["batched"]
             tflops = 16 * MEMORY_ATTENTION_GFLOP_1024 / 1000 / frame_s
-            print(f"  1024 px, 16 objects batched: {frame_s * 1000:.0f} ms/frame; memory attention alone is "
-                  f"{16 * MEMORY_ATTENTION_GFLOP_1024 / 1000:.1f} TFLOP a frame, i.e. {tflops:.0f} TFLOP/s if it "
-                  "were all of the frame")  # fmt: skip
+            print(
+                f"  1024 px, 16 objects batched: {frame_s * 1000:.0f} ms/frame; memory attention alone is "
+                f"{16 * MEMORY_ATTENTION_GFLOP_1024 / 1000:.1f} TFLOP a frame, i.e. {tflops:.0f} TFLOP/s if it "
+                "were all of the frame"
+            )
         del engines, model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -191,8 +209,15 @@ def main(argv=None) -> int:
         if args.tiny:
             cfg = TrackerConfig(tiny=True, device=device, dtype=dtype)
         else:
-            cfg = TrackerConfig(variant=variant, must3r=must3r, image_size=args.image_size, sam2_checkpoint=None,
-                                must3r_checkpoint=None, device=device, dtype=dtype)  # fmt: skip
+            cfg = TrackerConfig(
+                variant=variant,
+                must3r=must3r,
+                image_size=args.image_size,
+                sam2_checkpoint=None,
+                must3r_checkpoint=None,
+                device=device,
+                dtype=dtype,
+            )
         t0 = time.perf_counter()
         threeam = build_tracker(cfg)
         sam2 = StreamingSAM2(threeam.model, dtype=threeam.dtype)  # same SAM 2 model, no MUSt3R
@@ -207,10 +232,13 @@ def main(argv=None) -> int:
             r["3am_4"] = fps(threeam, frames, 4, args.warmup, threeam.device)
         mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
         rows.append((variant, must3r, r, keyframes, mem, stages))
-        print(f"  SAM 2.1-{variant}@{args.image_size if not args.tiny else 64} + MUSt3R-{must3r}: "
-              f"3AM {r['3am_1']:.1f} FPS (1 object), {r['3am_4']:.1f} FPS (4 objects); SAM 2 alone "
-              f"{r['sam2_1']:.1f} / {r['sam2_4']:.1f} FPS; built in {build_s:.0f} s, MUSt3R memory images "
-              f"{keyframes}, peak GPU memory {mem:.1f} GiB", flush=True)  # fmt: skip
+        print(
+            f"  SAM 2.1-{variant}@{args.image_size if not args.tiny else 64} + MUSt3R-{must3r}: "
+            f"3AM {r['3am_1']:.1f} FPS (1 object), {r['3am_4']:.1f} FPS (4 objects); SAM 2 alone "
+            f"{r['sam2_1']:.1f} / {r['sam2_4']:.1f} FPS; built in {build_s:.0f} s, MUSt3R memory images "
+            f"{keyframes}, peak GPU memory {mem:.1f} GiB",
+            flush=True,
+        )
         del threeam, sam2
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -86,18 +86,24 @@ def main(argv=None) -> int:
         generate_scene(scene, seed=0, num_frames=max(args.frames), num_objects=args.objects, with_points=True)
         print(f"generated {scene} in {time.perf_counter() - t0:.1f} s")
     rows = {}
-    head = (f"{'config':<24} {'frames':>6} {'tracks':>6} {'ms/frame':>9} {'track':>7} {'propose':>7} {'lift':>6} "
-            f"{'merge+vote s':>12} {'superpts s':>10} {'evidence MB':>11} {'peak RSS MB':>11}")  # fmt: skip
+    head = (
+        f"{'config':<24} {'frames':>6} {'tracks':>6} {'ms/frame':>9} {'track':>7} {'propose':>7} {'lift':>6} "
+        f"{'merge+vote s':>12} {'superpts s':>10} {'evidence MB':>11} {'peak RSS MB':>11}"
+    )
     print(head)
     for name in args.configs:
         for n in sorted(args.frames):
             r = run_cli(scene, pathlib.Path(tmp.name) / "out", n, CONFIGS[name])
             rows.setdefault(name, []).append(r)
-            cols = (f"{r['per_frame_ms']:>9.1f} {r['track_ms']:>7.1f} {r['proposals_ms']:>7.1f} {r['lift_ms']:>6.1f} "
-                    f"{r['merge_vote_s']:>12.2f} {r['superpoints_s']:>10.2f} {r['evidence_mb']:>11.2f}")  # fmt: skip
+            cols = (
+                f"{r['per_frame_ms']:>9.1f} {r['track_ms']:>7.1f} {r['proposals_ms']:>7.1f} {r['lift_ms']:>6.1f} "
+                f"{r['merge_vote_s']:>12.2f} {r['superpoints_s']:>10.2f} {r['evidence_mb']:>11.2f}"
+            )
             print(f"{name:<24} {r['frames']:>6} {r['tracks']:>6} {cols} {r['peak_rss_mb']:>11.0f}", flush=True)
-    print(f"\ngrowth from {min(args.frames)} to {max(args.frames)} frames ({rows[args.configs[0]][0]['num_points']} "
-          "scene points):")  # fmt: skip
+    print(
+        f"\ngrowth from {min(args.frames)} to {max(args.frames)} frames ({rows[args.configs[0]][0]['num_points']} "
+        "scene points):"
+    )
     for name, rs in rows.items():
         a, b = rs[0], rs[-1]
         work = b["per_frame_ms"] * b["frames"] / (a["per_frame_ms"] * a["frames"])

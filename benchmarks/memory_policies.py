@@ -51,8 +51,10 @@ def main(argv=None) -> int:
                             times.append(time.perf_counter() - t0)
                 ms = 1000 * statistics.median(times)
                 base = ms if base is None else base
-                print(f"| {name} | {policy} | {n} | {ms:.1f} | {ms / base:.2f} | {tracker.state_nbytes() / 1e3:.0f} |",
-                      flush=True)  # fmt: skip
+                print(
+                    f"| {name} | {policy} | {n} | {ms:.1f} | {ms / base:.2f} | {tracker.state_nbytes() / 1e3:.0f} |",
+                    flush=True,
+                )
     return 0
 
 

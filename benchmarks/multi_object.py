@@ -109,8 +109,11 @@ def per_object_host(low_res: torch.Tensor, ids: list[int], scores: list[float], 
 def compose_table(sizes: list[tuple[int, int]], counts: list[int], repeats: int = 5) -> None:
     print("\n| frame | composition | objects | ms | x 1 object | results held (MB) |")
     print("|---|---|---|---|---|---|")
-    ways = {"sparse (engine, CPU)": compose_sparse, "dense (engine, GPU way)": compose_dense,
-            "per-object host (before)": per_object_host}  # fmt: skip
+    ways = {
+        "sparse (engine, CPU)": compose_sparse,
+        "dense (engine, GPU way)": compose_dense,
+        "per-object host (before)": per_object_host,
+    }
     for w, h in sizes:
         for name, compose in ways.items():
             base = None
@@ -140,8 +143,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     counts = [int(x) for x in args.objects.split(",")]
-    print(f"# multi_object: track + label image, device {args.device}, {args.threads} CPU thread(s), torch "
-          f"{torch.__version__}; median of {args.frames - 1} frames after one warm-up")  # fmt: skip
+    print(
+        f"# multi_object: track + label image, device {args.device}, {args.threads} CPU thread(s), torch "
+        f"{torch.__version__}; median of {args.frames - 1} frames after one warm-up"
+    )
     print("| model | frame | mode | objects | ms/frame | x 1 object | results held (MB) |")
     print("|---|---|---|---|---|---|---|")
     goal = {}
@@ -156,14 +161,18 @@ def main(argv=None) -> int:
                     ms, held = run(model, mode, clip, n, args.device)
                     base = ms if base is None else base
                     goal[(name, size, mode, n)] = (ms / base, held)
-                    print(f"| {name} | {size} | {mode} | {n} | {ms:.1f} | {ms / base:.2f} | {held / 1e6:.2f} |",
-                          flush=True)  # fmt: skip
+                    print(
+                        f"| {name} | {size} | {mode} | {n} | {ms:.1f} | {ms / base:.2f} | {held / 1e6:.2f} |",
+                        flush=True,
+                    )
     compose_table([tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")], counts)
     key = ("tiny", "1920x1080", "batched", 16)
     if key in goal:
         ratio, held = goal[key]
-        print(f"goal (tiny, 1920x1080, 16 objects, batched): {ratio:.2f}x one object (goal <= 3x), "
-              f"{held / 1e6:.1f} MB held (goal <= 40 MB)")  # fmt: skip
+        print(
+            f"goal (tiny, 1920x1080, 16 objects, batched): {ratio:.2f}x one object (goal <= 3x), "
+            f"{held / 1e6:.1f} MB held (goal <= 40 MB)"
+        )
     return 0
 
 

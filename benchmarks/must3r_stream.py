@@ -114,8 +114,9 @@ def make_stream(args, model, size: int, cap: int, coverage: str) -> Must3rStream
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     policy = {} if args.official_policy else dict(overlap_thr=-1.0, min_conf=0.0)
     index = (lambda: OfficialRebuild()) if coverage == "official" else coverage
-    return Must3rStream(model, image_size=size, max_memory_images=cap, device=args.device, dtype=dtype,
-                        coverage=index, **policy)  # fmt: skip
+    return Must3rStream(
+        model, image_size=size, max_memory_images=cap, device=args.device, dtype=dtype, coverage=index, **policy
+    )
 
 
 def timed(args, model, size: int, cap: int, coverage: str) -> dict:
@@ -134,8 +135,13 @@ def timed(args, model, size: int, cap: int, coverage: str) -> dict:
             per_stage["step"].append(step)
     h, w = out.true_shape
     points = stream.coverage.num_points if hasattr(stream.coverage, "num_points") else -1
-    return dict(ms={s: 1e3 * float(np.median(v)) for s, v in per_stage.items()}, shape=(w, h), points=points,
-                images=len(stream.memory_images), rereads=stream.coverage_rereads)  # fmt: skip
+    return dict(
+        ms={s: 1e3 * float(np.median(v)) for s, v in per_stage.items()},
+        shape=(w, h),
+        points=points,
+        images=len(stream.memory_images),
+        rereads=stream.coverage_rereads,
+    )
 
 
 def long_run(args, model, size: int) -> None:
@@ -148,10 +154,13 @@ def long_run(args, model, size: int) -> None:
         times.append(time.perf_counter() - t0)
         if (i + 1) % args.every == 0 or i + 1 == args.long:
             block = times[-((i % args.every) + 1) :]
-            print(f"  frame {i + 1:6d}: {1e3 * np.mean(block):8.1f} ms/frame (last {len(block)}), memory "
-                  f"{len(stream.memory_images):3d} images {stream.memory_tokens:6d} tokens "
-                  f"{stream.memory.nbytes() / 2**20:8.1f} MB, keyframe={out.is_keyframe}, "
-                  f"RSS {proc.memory_info().rss / 2**20:7.0f} MB", flush=True)  # fmt: skip
+            print(
+                f"  frame {i + 1:6d}: {1e3 * np.mean(block):8.1f} ms/frame (last {len(block)}), memory "
+                f"{len(stream.memory_images):3d} images {stream.memory_tokens:6d} tokens "
+                f"{stream.memory.nbytes() / 2**20:8.1f} MB, keyframe={out.is_keyframe}, "
+                f"RSS {proc.memory_info().rss / 2**20:7.0f} MB",
+                flush=True,
+            )
 
 
 def main(argv=None) -> int:
@@ -174,8 +183,10 @@ def main(argv=None) -> int:
     args.coverage = args.coverage.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
     label = args.checkpoint or args.model
-    print(f"must3r_stream: {label}, device {args.device}, {args.dtype}, {torch.get_num_threads()} thread(s), "
-          f"torch {torch.__version__}; 640x480 frames, every frame a keyframe: {not args.official_policy}")  # fmt: skip
+    print(
+        f"must3r_stream: {label}, device {args.device}, {args.dtype}, {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}; 640x480 frames, every frame a keyframe: {not args.official_policy}"
+    )
     if args.long:
         long_run(args, make_model(args.model, sizes[0], args.checkpoint, args.device), sizes[0])
         return 0

@@ -51,8 +51,9 @@ def per_frame_costs(cfg: TrackerConfig, frames: np.ndarray, warmup: int) -> dict
 
     def must3r_stream():
         s = threeam1.features.must3r
-        return Must3rStream(s.model, image_size=s.image_size, max_memory_images=s.max_memory_images,
-                            feat_layers=s.feat_layers)  # fmt: skip
+        return Must3rStream(
+            s.model, image_size=s.image_size, max_memory_images=s.max_memory_images, feat_layers=s.feat_layers
+        )
 
     options = dict(max_cond_frames=cfg.max_conditioning_frames, max_objects=cfg.max_objects)
     merged4 = MergedFeatures(must3r_stream(), threeam1.features.merger)
@@ -107,8 +108,11 @@ def long_stream(n: int, start: int, objects: int, seed: int) -> dict:
         rss.append(proc.memory_info().rss)
         state.append(tracker.state_nbytes())
         if i % 1000 == 999:
-            print(f"  frame {i + 1}: {np.mean(times[-1000:]) * 1e3:.1f} ms/frame, RSS {rss[-1] / 2**20:.1f} MiB, "
-                  f"state {state[-1] / 2**10:.0f} KiB, {time.perf_counter() - t_start:.0f} s", flush=True)  # fmt: skip
+            print(
+                f"  frame {i + 1}: {np.mean(times[-1000:]) * 1e3:.1f} ms/frame, RSS {rss[-1] / 2**20:.1f} MiB, "
+                f"state {state[-1] / 2**10:.0f} KiB, {time.perf_counter() - t_start:.0f} s",
+                flush=True,
+            )
     w = min(500, (n - start) // 2)
     early, late = slice(start, start + w), slice(n - w, n)
     return {
@@ -143,14 +147,24 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", UserWarning)
-    print(f"threeam_cpu: torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"threeam_cpu: torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
     if not args.skip_full:
-        cfg = TrackerConfig(variant=args.variant, image_size=args.image_size, must3r=args.must3r,
-                            sam2_checkpoint=None, must3r_checkpoint=None, seed=args.seed)  # fmt: skip
-        print(f"\n[1-2] {cfg.describe()}, random weights, {args.width}x{args.height} frames, "
-              f"{args.frames} timed after {args.warmup} warm-up")  # fmt: skip
+        cfg = TrackerConfig(
+            variant=args.variant,
+            image_size=args.image_size,
+            must3r=args.must3r,
+            sam2_checkpoint=None,
+            must3r_checkpoint=None,
+            seed=args.seed,
+        )
+        print(
+            f"\n[1-2] {cfg.describe()}, random weights, {args.width}x{args.height} frames, "
+            f"{args.frames} timed after {args.warmup} warm-up"
+        )
         frames = frames_for(args.warmup + args.frames, args.width, args.height, args.seed)
         c = per_frame_costs(cfg, frames, args.warmup)
         both = c["sam2_1obj"] + c["must3r"]
@@ -158,14 +172,18 @@ def main(argv=None) -> int:
         print(f"  MUSt3R alone                {c['must3r'] * 1e3:9.1f} ms/frame")
         print(f"  sum                         {both * 1e3:9.1f} ms/frame")
         ratio = c["3am_1obj"] / both
-        print(f"  3AM (1 object)              {c['3am_1obj'] * 1e3:9.1f} ms/frame = {ratio:.3f} x the sum "
-              f"(goal <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})")  # fmt: skip
+        print(
+            f"  3AM (1 object)              {c['3am_1obj'] * 1e3:9.1f} ms/frame = {ratio:.3f} x the sum "
+            f"(goal <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})"
+        )
         extra = (c["3am_4obj"] - c["3am_1obj"]) / 3
         share = extra / c["3am_1obj"]
         print(f"    of which the Feature Merger {c['merger'] * 1e3:9.1f} ms/frame")
         print(f"  3AM (4 objects)             {c['3am_4obj'] * 1e3:9.1f} ms/frame")
-        print(f"  marginal cost per object    {extra * 1e3:9.1f} ms = {share * 100:.1f}% of a one-object frame "
-              f"(goal <= 10%: {'met' if share <= 0.10 else 'NOT met'})")  # fmt: skip
+        print(
+            f"  marginal cost per object    {extra * 1e3:9.1f} ms = {share * 100:.1f}% of a one-object frame "
+            f"(goal <= 10%: {'met' if share <= 0.10 else 'NOT met'})"
+        )
         sam2_extra = (c["sam2_4obj"] - c["sam2_1obj"]) / 3
         print(
             f"  for comparison, SAM 2 alone: {c['sam2_4obj'] * 1e3:.1f} ms/frame with 4 objects, "
@@ -181,15 +199,21 @@ def main(argv=None) -> int:
         dr = r["rss_end"] / r["rss_at_start"] - 1
         w = r["window"]
         # CPU time is what the tracker itself costs; wall time also moves with the machine's load
-        print(f"  per-frame CPU time (median of {w}): frames {args.long_start}-{args.long_start + w}: "
-              f"{r['cpu_early'] * 1e3:.2f} ms, last {w}: {r['cpu_late'] * 1e3:.2f} ms, drift {dc * 100:+.1f}% "
-              f"(goal < 5%: {'met' if abs(dc) < 0.05 else 'NOT met'})")  # fmt: skip
-        print(f"  per-frame wall time (median of {w}): {r['time_early'] * 1e3:.2f} ms ->"
-              f" {r['time_late'] * 1e3:.2f} ms, "
-              f"drift {dt * 100:+.1f}% (includes load changes on a shared machine)")  # fmt: skip
-        print(f"  RSS: frame {args.long_start} {r['rss_at_start'] / 2**20:.1f} MiB, end {r['rss_end'] / 2**20:.1f} MiB "
-              f"(max {r['rss_max'] / 2**20:.1f}), drift {dr * 100:+.2f}% "
-              f"(goal < 5%: {'met' if abs(dr) < 0.05 else 'NOT met'})")  # fmt: skip
+        print(
+            f"  per-frame CPU time (median of {w}): frames {args.long_start}-{args.long_start + w}: "
+            f"{r['cpu_early'] * 1e3:.2f} ms, last {w}: {r['cpu_late'] * 1e3:.2f} ms, drift {dc * 100:+.1f}% "
+            f"(goal < 5%: {'met' if abs(dc) < 0.05 else 'NOT met'})"
+        )
+        print(
+            f"  per-frame wall time (median of {w}): {r['time_early'] * 1e3:.2f} ms ->"
+            f" {r['time_late'] * 1e3:.2f} ms, "
+            f"drift {dt * 100:+.1f}% (includes load changes on a shared machine)"
+        )
+        print(
+            f"  RSS: frame {args.long_start} {r['rss_at_start'] / 2**20:.1f} MiB, end {r['rss_end'] / 2**20:.1f} MiB "
+            f"(max {r['rss_max'] / 2**20:.1f}), drift {dr * 100:+.2f}% "
+            f"(goal < 5%: {'met' if abs(dr) < 0.05 else 'NOT met'})"
+        )
         print(
             f"  tracker state: frame {args.long_start} {r['state_at_start'] / 2**10:.0f} KiB, end "
             f"{r['state_end'] / 2**10:.0f} KiB; MUSt3R memory images at the end: {r['must3r_memory_images']}"

@@ -48,8 +48,21 @@ def _check_outputs(out, seq, num_frames, frame_size):
 def test_bench_on_generated_scene(tmp_path, capsys):
     scene = generate_scene(tmp_path / "scenes" / "room0", seed=3, num_frames=14, width=96, height=72, num_objects=3)
     out = tmp_path / "out"
-    args = [str(scene), "--layout", "synthetic", "-o", str(out), "--method", "sam2", "--tiny", "--device", "cpu",
-            "--l-min", "1", "--quiet"]  # fmt: skip
+    args = [
+        str(scene),
+        "--layout",
+        "synthetic",
+        "-o",
+        str(out),
+        "--method",
+        "sam2",
+        "--tiny",
+        "--device",
+        "cpu",
+        "--l-min",
+        "1",
+        "--quiet",
+    ]
     assert main(args) == 0
     result, summary = _check_outputs(out, "room0", 14, (72, 96))
     # the scene's objects leave the view and come back: the largest-mask frame is not always frame 0, so both
@@ -85,9 +98,26 @@ def test_bench_on_generated_scene(tmp_path, capsys):
 def test_bench_on_davis_blackswan(shared_dir, tmp_path):
     """DAVIS layout (a single-sequence folder), frames thinned and downscaled to keep the run short."""
     out = tmp_path / "out"
-    args = [str(shared_dir / "data/davis/blackswan"), "--layout", "davis", "-o", str(out), "--method", "sam2",
-            "--tiny", "--device", "cpu", "--stride", "5", "--max-frames", "8", "--max-side", "240", "--video",
-            "--quiet"]  # fmt: skip
+    args = [
+        str(shared_dir / "data/davis/blackswan"),
+        "--layout",
+        "davis",
+        "-o",
+        str(out),
+        "--method",
+        "sam2",
+        "--tiny",
+        "--device",
+        "cpu",
+        "--stride",
+        "5",
+        "--max-frames",
+        "8",
+        "--max-side",
+        "240",
+        "--video",
+        "--quiet",
+    ]
     assert main(args) == 0
     result, _ = _check_outputs(out, "blackswan", 8, (135, 240))
     assert list(result["objects"]) == ["1"]  # the swan: 0/255 grayscale masks are object 1
@@ -120,8 +150,20 @@ def test_bench_3am_on_generated_scene(tmp_path):
     """The 3AM tracker (tiny SAM 2 + tiny MUSt3R + merger) through the same harness."""
     scene = generate_scene(tmp_path / "room1", seed=5, num_frames=8, width=64, height=48, num_objects=2)
     out = tmp_path / "out"
-    args = [str(scene), "--layout", "synthetic", "-o", str(out), "--method", "3am", "--tiny", "--device", "cpu",
-            "--no-plots", "--quiet"]  # fmt: skip
+    args = [
+        str(scene),
+        "--layout",
+        "synthetic",
+        "-o",
+        str(out),
+        "--method",
+        "3am",
+        "--tiny",
+        "--device",
+        "cpu",
+        "--no-plots",
+        "--quiet",
+    ]
     assert main(args) == 0
     result = json.loads((out / "room1" / "result.json").read_text())
     assert result["method"]["method"] == "3am" and result["method"]["tiny"]

@@ -111,9 +111,18 @@ def test_bidirectional_run_order_and_fresh_backward_start():
     out = list(run_bidirectional(tr, _frame, 6, 2, prompt))
     assert [t for t, _ in out] == [2, 3, 4, 5, 1, 0]
     assert tr.log == [
-        ("reset",), ("track", 2), ("prompt", 1), ("track", 3), ("track", 4), ("track", 5),
-        ("reset",), ("track", 2), ("prompt", 1), ("track", 1), ("track", 0),
-    ]  # fmt: skip
+        ("reset",),
+        ("track", 2),
+        ("prompt", 1),
+        ("track", 3),
+        ("track", 4),
+        ("track", 5),
+        ("reset",),
+        ("track", 2),
+        ("prompt", 1),
+        ("track", 1),
+        ("track", 0),
+    ]
     assert all(set(r) == {1} for _, r in out)
     # conditioning on the last frame: no forward frames; on the first: no backward run
     assert [t for t, _ in run_bidirectional(tr, _frame, 3, 2, prompt)] == [2, 1, 0]
@@ -215,6 +224,12 @@ def test_runner_resumes_finished_sequences(tmp_path):
     again = run_benchmark(tr, [src], settings, tmp_path, method={"label": "a"}, progress=False)
     assert again[0]["resumed"] and tr.log == []  # nothing re-run
     assert again[0]["summary"] == first[0]["summary"]
-    changed = run_benchmark(tr, [src], BenchSettings(protocol="two_view", boundary=False, write_masks=False),
-                            tmp_path, method={"label": "a"}, progress=False)  # fmt: skip
+    changed = run_benchmark(
+        tr,
+        [src],
+        BenchSettings(protocol="two_view", boundary=False, write_masks=False),
+        tmp_path,
+        method={"label": "a"},
+        progress=False,
+    )
     assert not changed[0]["resumed"] and tr.log  # other settings: the sequence is run again

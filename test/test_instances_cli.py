@@ -118,9 +118,27 @@ def test_bench_instances3d_table_and_plot(scenes, tmp_path, capsys):
 
 def test_tiny_3am_lifting_with_its_pointmaps(scenes, tmp_path):
     out = tmp_path / "pointmap"
-    args = [str(scenes / "scene0"), "--method", "3am", "--tiny", "--device", "cpu", "-o", str(out), "--quiet",
-            "--geometry", "pointmap", "--max-frames", "8", "--keyframe-stride", "4", "--proposals", "oracle",
-            "--min-points", "1"]  # fmt: skip
+    args = [
+        str(scenes / "scene0"),
+        "--method",
+        "3am",
+        "--tiny",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+        "--quiet",
+        "--geometry",
+        "pointmap",
+        "--max-frames",
+        "8",
+        "--keyframe-stride",
+        "4",
+        "--proposals",
+        "oracle",
+        "--min-points",
+        "1",
+    ]
     assert cli.main(args) == 0
     doc = json.loads((out / "instances.json").read_text())
     n = doc["stats"]["cloud_points"]

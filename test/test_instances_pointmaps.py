@@ -58,9 +58,12 @@ class PointmapTracker:
         c2w[:3, :3] = self.R @ pose[:3, :3]
         c2w[:3, 3] = self.scale * self.R @ pose[:3, 3] + self.t
         result.scene = FakeMust3rFrame(
-            self.scale * world @ self.R.T + self.t, np.full(d.shape, 5.0), c2w, K[0, 0] / 2,
+            self.scale * world @ self.R.T + self.t,
+            np.full(d.shape, 5.0),
+            c2w,
+            K[0, 0] / 2,
             (0, 0, w, h),
-        )  # fmt: skip
+        )
         return result
 
 
@@ -98,9 +101,14 @@ def test_pipeline_from_pointmaps_with_oracle_masks():
     assert res.stats["cloud_points"] > 10_000 and len(res.points) == res.stats["cloud_points"]
     assert len(res.camera_centres) == 80 and res.colors.shape == (len(res.points), 3)
     labels, scores = align_and_transfer(
-        res.points, res.labels, res.point_scores, res.camera_centres,
-        np.array([p[:3, 3] for p in res.frame_poses]), pts["points"], max_distance=0.06,
-    )  # fmt: skip
+        res.points,
+        res.labels,
+        res.point_scores,
+        res.camera_centres,
+        np.array([p[:3, 3] for p in res.frame_poses]),
+        pts["points"],
+        max_distance=0.06,
+    )
     masks, inst_scores = masks_from_labels(labels, res.scores)
     ap = evaluate([SceneInstances(pts["instance"], masks, inst_scores)])
     print(f"pointmap lifting, oracle masks: AP {ap.ap:.3f} AP50 {ap.ap50:.3f} AP25 {ap.ap25:.3f}")

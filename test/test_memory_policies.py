@@ -180,8 +180,9 @@ def test_a_named_policy_builds_for_both_methods_with_its_pipeline(method):
     tracker.add_prompt(1, box=[5, 5, 40, 40])
     for f in frames[1:]:
         assert set(tracker.track(f).objects) == {1}
-    tuned = build_tracker(TrackerConfig(tiny=True, method=method, memory_policy="dam4sam",
-                                        memory_policy_args={"ram_stride": 3}))  # fmt: skip
+    tuned = build_tracker(
+        TrackerConfig(tiny=True, method=method, memory_policy="dam4sam", memory_policy_args={"ram_stride": 3})
+    )
     assert tuned.memory_policy.ram_stride == 3
     with pytest.raises(ValueError, match="memory_policy must be one of"):
         TrackerConfig(tiny=True, memory_policy="sam3")
@@ -245,8 +246,10 @@ def test_sam2long_equals_the_official_predictor(sam2long_reference, run, one_thr
             assert slot["iou"] == pytest.approx(float(ref["slot_iou"][t, s]), abs=1e-5)
             assert slot["acc_score"] == pytest.approx(float(ref["slot_acc_score"][t, s]), abs=1e-4)
             if t > 1:
-                assert (slot["parent"], slot["mask_index"]) == (int(ref["slot_parent"][t, s]),
-                                                                int(ref["slot_mask_index"][t, s])), (t, s)  # fmt: skip
+                assert (slot["parent"], slot["mask_index"]) == (
+                    int(ref["slot_parent"][t, s]),
+                    int(ref["slot_mask_index"][t, s]),
+                ), (t, s)
     reads = [(r["frame"], r["maskmem"], r["obj_ptr_non_cond"]) for r in ref["memory_reads"]]
     ours = [(f, [list(x) for x in r["maskmem"]], [list(x) for x in r["obj_ptr"]]) for f, r in policy.reads]
     assert ours == [(f, [list(x) for x in m], [list(x) for x in p]) for f, m, p in reads]

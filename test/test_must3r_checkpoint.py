@@ -10,9 +10,14 @@ from threeam_model.must3r import CheckpointError, build_must3r, load_must3r, sav
 from threeam_model.must3r.checkpoint import decoder_kwargs, encoder_kwargs, parse_constructor, with_image_size
 
 KEY_FILES = [
-    "keys_MUSt3R_224_cvpr.json", "keys_MUSt3R_512_cvpr.json", "keys_MUSt3R_512.json", "keys_512_kv_mlp.json",
-    "keys_512_normy.json", "keys_224_normy.json", "keys_224_kv_linear.json",
-]  # fmt: skip
+    "keys_MUSt3R_224_cvpr.json",
+    "keys_MUSt3R_512_cvpr.json",
+    "keys_MUSt3R_512.json",
+    "keys_512_kv_mlp.json",
+    "keys_512_normy.json",
+    "keys_224_normy.json",
+    "keys_224_kv_linear.json",
+]
 
 
 @pytest.fixture(scope="module")

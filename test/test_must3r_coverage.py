@@ -128,8 +128,9 @@ def test_overlap_score_equals_numpy_percentile():
             dist[rng.random(40) < 0.3] = np.inf  # unseen bins: float max, as officially
         if case == 2:
             valid[:] = False
-        score = float(overlap_score(torch.from_numpy(dist), torch.from_numpy(depth)[None], torch.from_numpy(valid),
-                                    params))  # fmt: skip
+        score = float(
+            overlap_score(torch.from_numpy(dist), torch.from_numpy(depth)[None], torch.from_numpy(valid), params)
+        )
         if not valid.any():
             assert score == 0.0
             continue
@@ -172,10 +173,17 @@ def test_grid_index_reproduces_the_official_slam_run(ref_dir):
     runs, streams = {}, {}
     for kind in ("grid", "kdtree"):
         streams[kind] = stream = Must3rStream(
-            load_must3r(ref_dir / "tiny_kv_mlp.pth"), image_size=p["res"], preprocessing="slam", max_memory_images=8,
-            subsample=p["kf_x_subsamp"], overlap_thr=p["keyframe_overlap_thr"], min_conf=p["min_conf_keyframe"],
-            percentile=p["overlap_percentile"], num_init_frames=p["num_init_frames"], coverage=kind,
-        )  # fmt: skip
+            load_must3r(ref_dir / "tiny_kv_mlp.pth"),
+            image_size=p["res"],
+            preprocessing="slam",
+            max_memory_images=8,
+            subsample=p["kf_x_subsamp"],
+            overlap_thr=p["keyframe_overlap_thr"],
+            min_conf=p["min_conf_keyframe"],
+            percentile=p["overlap_percentile"],
+            num_init_frames=p["num_init_frames"],
+            coverage=kind,
+        )
         runs[kind] = run_stream(stream, frames)
         assert isinstance(stream.coverage, GridCoverage if kind == "grid" else KDTreeIndex)
     assert_same_runs(runs["grid"], runs["kdtree"], streams)
@@ -191,9 +199,14 @@ def test_grid_index_matches_the_kdtree_path_over_300_frames_with_evictions(ref_d
     runs, streams = {}, {}
     for kind in ("grid", "kdtree"):
         streams[kind] = Must3rStream(
-            load_must3r(ref_dir / "tiny_kv_mlp.pth"), image_size={4 / 3: (64, 48)}, max_memory_images=cap,
-            protected_images=protected, overlap_thr=0.05, min_conf=1.2, coverage=kind,
-        )  # fmt: skip
+            load_must3r(ref_dir / "tiny_kv_mlp.pth"),
+            image_size={4 / 3: (64, 48)},
+            max_memory_images=cap,
+            protected_images=protected,
+            overlap_thr=0.05,
+            min_conf=1.2,
+            coverage=kind,
+        )
         runs[kind] = run_stream(streams[kind], frames)
     assert_same_runs(runs["grid"], runs["kdtree"], streams)
     keyframes = sum(r[0] for r in runs["kdtree"])

@@ -118,10 +118,16 @@ def test_online_keyframe_policy_matches_official_slam(ref_dir):
     p = ref["params"]
     assert p["searcher"] == "kdtree-scipy-quadrant_x2" and p["overlap_mode"] == "nn-norm" and p["fixed_focal"]
     stream = Must3rStream(
-        load_must3r(ref_dir / "tiny_kv_mlp.pth"), image_size=p["res"], preprocessing="slam", max_memory_images=8,
-        subsample=p["kf_x_subsamp"], overlap_thr=p["keyframe_overlap_thr"], min_conf=p["min_conf_keyframe"],
-        percentile=p["overlap_percentile"], num_init_frames=p["num_init_frames"],
-    )  # fmt: skip
+        load_must3r(ref_dir / "tiny_kv_mlp.pth"),
+        image_size=p["res"],
+        preprocessing="slam",
+        max_memory_images=8,
+        subsample=p["kf_x_subsamp"],
+        overlap_thr=p["keyframe_overlap_thr"],
+        min_conf=p["min_conf_keyframe"],
+        percentile=p["overlap_percentile"],
+        num_init_frames=p["num_init_frames"],
+    )
     for i, rec in enumerate(ref["per_frame"]):
         frame = stream.step(ref["frames_uint8"][i].numpy())
         assert frame.is_keyframe == rec["iskeyframe"], i

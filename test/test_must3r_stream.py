@@ -26,9 +26,12 @@ def _err(a, b):
 def test_stream_steps_equal_official_steps(ref_dir, seq, num_init):
     io = torch.load(ref_dir / "tiny_kv_mlp_io.pt", map_location="cpu", weights_only=True)
     stream = Must3rStream(
-        load_must3r(ref_dir / "tiny_kv_mlp.pth"), image_size=TABLE_64x48, num_init_frames=num_init,
-        max_memory_images=10, **ALWAYS_KEYFRAME,
-    )  # fmt: skip
+        load_must3r(ref_dir / "tiny_kv_mlp.pth"),
+        image_size=TABLE_64x48,
+        num_init_frames=num_init,
+        max_memory_images=10,
+        **ALWAYS_KEYFRAME,
+    )
     records = {}  # frame index -> (record, position in that call)
     for rec in io["runs"][seq]["steps"]:
         for j, fid in enumerate(rec["frame_ids"]):
@@ -100,9 +103,12 @@ def test_parameters_are_checked():
 def test_500_frame_stream_keeps_memory_bounded():
     cap, protected = 6, 2
     stream = Must3rStream(
-        tiny_must3r(seed=1), image_size=TABLE_64x48, max_memory_images=cap, protected_images=protected,
+        tiny_must3r(seed=1),
+        image_size=TABLE_64x48,
+        max_memory_images=cap,
+        protected_images=protected,
         **ALWAYS_KEYFRAME,
-    )  # fmt: skip
+    )
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     sizes = []
@@ -145,10 +151,15 @@ class HostReads(TorchDispatchMode):
     `np.asarray(tensor)`, which are patched for the duration."""
 
     DATA_SIZED = {
-        torch.ops.aten.nonzero, torch.ops.aten.masked_select, torch.ops.aten._unique2, torch.ops.aten.unique_dim,
-        torch.ops.aten.unique_consecutive, torch.ops.aten._local_scalar_dense, torch.ops.aten.is_nonzero,
+        torch.ops.aten.nonzero,
+        torch.ops.aten.masked_select,
+        torch.ops.aten._unique2,
+        torch.ops.aten.unique_dim,
+        torch.ops.aten.unique_consecutive,
+        torch.ops.aten._local_scalar_dense,
+        torch.ops.aten.is_nonzero,
         torch.ops.aten.equal,
-    }  # fmt: skip
+    }
 
     def __init__(self):
         super().__init__()
@@ -188,8 +199,14 @@ class HostReads(TorchDispatchMode):
 def test_a_step_reads_from_the_device_once():
     """With the grid coverage index (the CUDA default), a step reads one small tensor: the keyframe decision."""
     frames = list(_panning(40))
-    stream = Must3rStream(tiny_must3r(seed=3), image_size=TABLE_64x48, max_memory_images=6, coverage="grid",
-                          overlap_thr=0.05, min_conf=1.2)  # fmt: skip
+    stream = Must3rStream(
+        tiny_must3r(seed=3),
+        image_size=TABLE_64x48,
+        max_memory_images=6,
+        coverage="grid",
+        overlap_thr=0.05,
+        min_conf=1.2,
+    )
     for f in frames[:8]:  # the window budget settles
         stream.step(f)
     counted, decisions = [], []

@@ -175,4 +175,3 @@ def test_mask_file_prompts_like_the_inline_mask(rig, scene, tmp_path):
     assert not nowhere.success and "does not exist" in nowhere.message
     both = client.call("add_prompt", object_id=5, mask=rh.mask_image(mask), mask_file=str(path))
     assert not both.success and "not both" in both.message
-

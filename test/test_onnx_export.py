@@ -102,8 +102,13 @@ def test_masked_memory_attention_equals_sam2_on_a_real_memory(tiny_export):
         vf, vp, _ = tracker._features
         view = tracker.memory_policy.view(tracker.memory_bank(1), tracker.frame_index)
         tok = memory_tokens(model, tracker.frame_index, view, 10**9)
-        ref = model.memory_attention(curr=[vf[-1]], curr_pos=[vp[-1]], memory=tok.memory, memory_pos=tok.pos,
-                                     num_obj_ptr_tokens=tok.num_obj_ptr_tokens)  # fmt: skip
+        ref = model.memory_attention(
+            curr=[vf[-1]],
+            curr_pos=[vp[-1]],
+            memory=tok.memory,
+            memory_pos=tok.pos,
+            num_obj_ptr_tokens=tok.num_obj_ptr_tokens,
+        )
         steps = OnnxSteps(tiny_export[1], model)
         memory, pos, valid = steps._slots(tok)
         assert not valid.all()  # empty slots are part of the check
@@ -155,8 +160,9 @@ def test_onnxruntime_tracker_equals_pytorch_tracker(tiny_export):
 
 def test_the_factory_builds_the_onnxruntime_backend_and_refuses_what_it_cannot_run(tiny_export, tmp_path):
     _, folder = tiny_export
-    tracker = build_tracker(TrackerConfig(tiny=True, seed=4, method="sam2", backend="onnxruntime",
-                                          onnx_dir=str(folder)))  # fmt: skip
+    tracker = build_tracker(
+        TrackerConfig(tiny=True, seed=4, method="sam2", backend="onnxruntime", onnx_dir=str(folder))
+    )
     assert isinstance(tracker.steps, OnnxSteps)
     tracker.track(next(moving_frames(1)))
     with pytest.raises(ValueError, match="onnx_dir"):
@@ -252,10 +258,11 @@ def test_the_3am_merger_exports_for_one_camera_size_and_tracks_like_pytorch(tmp_
     assert float((merge_features(onnx_merger, sam_feat, scene, (48, 64)) - expected).abs().max()) <= 1e-4
     onnx = StreamingSAM2(
         reference.model,
-        features=MergedFeatures(must3r_stream(build_must3r_model(cfg), cfg, feat_layers=(0, 4, 7, 11)), merger,
-                                merge=onnx_merger),
+        features=MergedFeatures(
+            must3r_stream(build_must3r_model(cfg), cfg, feat_layers=(0, 4, 7, 11)), merger, merge=onnx_merger
+        ),
         steps=OnnxSteps(tmp_path, reference.model),
-    )  # fmt: skip
+    )
     reference.reset()
     for i, frame in enumerate(frames):
         a, b = reference.track(frame), onnx.track(frame)

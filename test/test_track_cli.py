@@ -119,8 +119,9 @@ def test_video_file_end_to_end_with_tiny_models(tmp_path, capsys):
         writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     writer.release()
     out = tmp_path / "out"
-    rc = cli.main([str(video), "-o", str(out), "--tiny", "--frame", "2", "--box", "1:5,5,30,30",
-                   "--point", "2:50,40", "--quiet"])  # fmt: skip
+    rc = cli.main(
+        [str(video), "-o", str(out), "--tiny", "--frame", "2", "--box", "1:5,5,30,30", "--point", "2:50,40", "--quiet"]
+    )
     assert rc == 0, capsys.readouterr().err
     pngs = sorted((out / "Annotations" / "clip").glob("*.png"))
     assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(5)]

@@ -34,8 +34,11 @@ def test_round_trip_restores_exactly_the_three_parts(tmp_path):
     encoder_before = {k: v.clone() for k, v in fresh_sam2.image_encoder.state_dict().items()}
     config = ckpt.load_checkpoint(path, fresh, fresh_sam2, expected={"sam2_variant": "t"})
     assert config["step"] == 7 and MergerConfig.from_dict(config["merger"]) == merger.cfg
-    for a, b in [(merger, fresh), (sam2.memory_attention, fresh_sam2.memory_attention),
-                 (sam2.sam_mask_decoder, fresh_sam2.sam_mask_decoder)]:  # fmt: skip
+    for a, b in [
+        (merger, fresh),
+        (sam2.memory_attention, fresh_sam2.memory_attention),
+        (sam2.sam_mask_decoder, fresh_sam2.sam_mask_decoder),
+    ]:
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     # everything else stays as the official checkpoints (here: the built model) have it
@@ -107,8 +110,9 @@ def test_refusals(tmp_path):
 def test_factory_refuses_a_checkpoint_for_another_variant(tmp_path, monkeypatch):
     sam2, merger = _trained()
     path = ckpt.save_checkpoint(tmp_path / "3am.pt", merger, sam2, {"sam2_variant": "tiny", "must3r": "224"})
-    cfg = TrackerConfig(variant="l", must3r="224", sam2_checkpoint=None, must3r_checkpoint=None,
-                        threeam_checkpoint=str(path))  # fmt: skip
+    cfg = TrackerConfig(
+        variant="l", must3r="224", sam2_checkpoint=None, must3r_checkpoint=None, threeam_checkpoint=str(path)
+    )
     # the refusal must come before any full-size model is built
     import threeam_model.factory as factory
 

@@ -24,11 +24,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 BACKENDS = ("torch", "onnxruntime")
 # Accepted spellings of the SAM 2.1 backbone sizes -> sam2_build's variant keys.
 VARIANT_ALIASES = {
-    "t": "t", "tiny": "t", "hiera_t": "t",
-    "s": "s", "small": "s", "hiera_s": "s",
-    "b+": "b+", "base_plus": "b+", "base+": "b+", "hiera_b+": "b+",
-    "l": "l", "large": "l", "hiera_l": "l",
-}  # fmt: skip
+    "t": "t",
+    "tiny": "t",
+    "hiera_t": "t",
+    "s": "s",
+    "small": "s",
+    "hiera_s": "s",
+    "b+": "b+",
+    "base_plus": "b+",
+    "base+": "b+",
+    "hiera_b+": "b+",
+    "l": "l",
+    "large": "l",
+    "hiera_l": "l",
+}
 # MUSt3R releases by input size -> registered checkpoint name in threeam_model.weights.
 MUST3R_MODELS = {"224": "MUSt3R_224_cvpr", "512": "MUSt3R_512"}
 # Tiny MUSt3R input sizes (W/H ratio -> (W, H)): 4x4 or 4x3 tokens of 16 pixels.

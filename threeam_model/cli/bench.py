@@ -30,8 +30,12 @@ TASKS = ("vos", "instances3d")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=TASKS, default="vos", help="vos (this benchmark, default) or instances3d "
-                   "(class-agnostic 3D instances, threeam_model.cli.instances)")  # fmt: skip
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="vos",
+        help="vos (this benchmark, default) or instances3d (class-agnostic 3D instances, threeam_model.cli.instances)",
+    )
     p.add_argument("data", nargs="?", help="a sequence folder or a folder of sequences (see --layout)")
     p.add_argument("--layout", choices=LAYOUTS, default="davis", help="how DATA is laid out (default: %(default)s)")
     p.add_argument("-o", "--output", default="threeam_bench", help="output folder (default: %(default)s)")
@@ -42,12 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", metavar="SUMMARY", help="print one table from several summary.json")
     p.add_argument("--labels", nargs="+", help="--compare: row labels, one per summary")
     g = p.add_argument_group("protocol")
-    g.add_argument("--protocol", choices=PROTOCOLS, default="bidirectional",
-                   help="bidirectional: condition on the largest GT mask, track forward and backward (paper Sec. "
-                        "4.1); two_view: every frame matched against that source frame alone (Table 3)")  # fmt: skip
+    g.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="bidirectional",
+        help="bidirectional: condition on the largest GT mask, track forward and backward (paper Sec. "
+        "4.1); two_view: every frame matched against that source frame alone (Table 3)",
+    )
     rule = SubsetRule()
-    g.add_argument("--l-min", type=int, default=rule.l_min, help="Selected Subset: a visible segment counts when "
-                   "it is longer than this many frames (default: %(default)s; the paper gives no value)")  # fmt: skip
+    g.add_argument(
+        "--l-min",
+        type=int,
+        default=rule.l_min,
+        help="Selected Subset: a visible segment counts when "
+        "it is longer than this many frames (default: %(default)s; the paper gives no value)",
+    )
     g.add_argument(
         "--min-segments",
         type=int,
@@ -137,8 +150,13 @@ def _run(args) -> int:
         raise UsageError("--video draws the predicted label PNGs: drop --no-masks")
     sources = open_sequences(args.data, args.layout, args.image_dir, args.label_dir, args.sequences, args.obj_id_root)
     sources = [Thinned(s, args.stride, args.max_frames, args.max_side) for s in sources]
-    data = {"path": str(pathlib.Path(args.data).resolve()), "layout": args.layout, "stride": args.stride,
-            "max_frames": args.max_frames, "max_side": args.max_side}  # fmt: skip
+    data = {
+        "path": str(pathlib.Path(args.data).resolve()),
+        "layout": args.layout,
+        "stride": args.stride,
+        "max_frames": args.max_frames,
+        "max_side": args.max_side,
+    }
 
     cfg = tracker_config(args)
     if cfg.tiny or args.random_weights:
@@ -147,9 +165,15 @@ def _run(args) -> int:
     with torch.inference_mode():
         tracker = build_tracker(cfg)
         results = run_benchmark(
-            tracker, sources, settings, args.output, method_record(cfg, label), data,
-            progress=not args.quiet, resume=not args.no_resume,
-        )  # fmt: skip
+            tracker,
+            sources,
+            settings,
+            args.output,
+            method_record(cfg, label),
+            data,
+            progress=not args.quiet,
+            resume=not args.no_resume,
+        )
     out = pathlib.Path(args.output)
     summary = report.write_report(results, out, label, plots=not args.no_plots)
     if args.video:
@@ -158,8 +182,10 @@ def _run(args) -> int:
             report.write_overlay_video(src, out / src.name / "labels", out / "videos" / f"{src.name}.mp4", args.fps)
     print((out / report.TABLE_FILE).read_text(), end="")
     done = sum(not r.get("resumed") for r in results)
-    print(f"\n{done} sequence(s) run, {len(results) - done} resumed; results in {out}/ "
-          f"({summary['seconds_per_step']:.3f} s per tracker step)")  # fmt: skip
+    print(
+        f"\n{done} sequence(s) run, {len(results) - done} resumed; results in {out}/ "
+        f"({summary['seconds_per_step']:.3f} s per tracker step)"
+    )
     return 0
 
 

@@ -15,8 +15,9 @@ def tracker_config(args):
     """The TrackerConfig the arguments describe; missing weights are an error unless random ones are allowed."""
     from threeam_model.factory import TrackerConfig, resolve_weights
 
-    common = dict(method=args.method, device=args.device, dtype=args.dtype, seed=args.seed,
-                  memory_policy=args.memory_policy)  # fmt: skip
+    common = dict(
+        method=args.method, device=args.device, dtype=args.dtype, seed=args.seed, memory_policy=args.memory_policy
+    )
     if args.tiny:
         return TrackerConfig(tiny=True, **common)
     random = args.random_weights

@@ -65,10 +65,15 @@ def main(argv=None) -> int:
         if args.tiny:
             cfg = TrackerConfig(tiny=True, method=method, threeam_checkpoint=args.checkpoint)
         else:
-            cfg = TrackerConfig(method=method, variant=args.variant, image_size=args.image_size, must3r=args.must3r,
-                                sam2_checkpoint=None if args.random_weights else args.sam2_checkpoint,
-                                must3r_checkpoint=None if args.random_weights else args.must3r_checkpoint,
-                                threeam_checkpoint=args.checkpoint)  # fmt: skip
+            cfg = TrackerConfig(
+                method=method,
+                variant=args.variant,
+                image_size=args.image_size,
+                must3r=args.must3r,
+                sam2_checkpoint=None if args.random_weights else args.sam2_checkpoint,
+                must3r_checkpoint=None if args.random_weights else args.must3r_checkpoint,
+                threeam_checkpoint=args.checkpoint,
+            )
             cfg, missing = resolve_weights(cfg)
             if missing and not args.random_weights:
                 raise ExportError("; ".join(missing) + " (or pass --random-weights to export random weights)")
@@ -79,14 +84,15 @@ def main(argv=None) -> int:
             _export_merger(tracker, args.merger_for, args.output, args.opset)
         else:
             model = build_sam2_model(cfg).eval()
-        manifest = export_sam2(model, args.output, args.object_batch, args.memory_slots, args.pointer_slots,
-                               args.opset)  # fmt: skip
+        manifest = export_sam2(model, args.output, args.object_batch, args.memory_slots, args.pointer_slots, args.opset)
     except (ExportError, ValueError, FileNotFoundError) as exc:
         print(f"threeam-export: {exc}", file=sys.stderr)
         return 2
-    print(f"threeam-export: {cfg.describe()} -> {args.output} in {time.perf_counter() - t0:.0f} s "
-          f"(object batch {manifest['object_batch']}, {manifest['memory_slots']} memory slots, "
-          f"{manifest['pointer_slots']} pointer slots)")  # fmt: skip
+    print(
+        f"threeam-export: {cfg.describe()} -> {args.output} in {time.perf_counter() - t0:.0f} s "
+        f"(object batch {manifest['object_batch']}, {manifest['memory_slots']} memory slots, "
+        f"{manifest['pointer_slots']} pointer slots)"
+    )
     return 0
 
 

@@ -194,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--gt-file", help="scannet: benchmark GT txt (label*1000+instance per vertex) instead of the aggregation"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--benchmark-format", action="store_true",
-                   help="also write OUT/benchmark/, the official ScanNet evaluator's prediction files")  # fmt: skip
+    p.add_argument(
+        "--benchmark-format",
+        action="store_true",
+        help="also write OUT/benchmark/, the official ScanNet evaluator's prediction files",
+    )
     add_scene_arguments(p)
     add_model_arguments(p)
     add_pipeline_arguments(p)
@@ -222,9 +225,15 @@ def _segment(scene, method, args):
         )
         progress = None if args.quiet else _progress(scene.name)
         run = segment_scene(
-            scene, tracker, proposals, pipeline_params(args), args.frame_stride, args.max_frames, progress,
+            scene,
+            tracker,
+            proposals,
+            pipeline_params(args),
+            args.frame_stride,
+            args.max_frames,
+            progress,
             args.geometry,
-        )  # fmt: skip
+        )
     if progress is not None:
         print(file=sys.stderr)
     return run
@@ -247,11 +256,16 @@ def _record(method_rec: dict, args, run) -> dict:
     rec = {
         "method": method_rec,
         "proposals": "oracle" if args.method == "oracle" else args.proposals,
-        "data": {"layout": args.layout, "frame_stride": args.frame_stride, "max_frames": args.max_frames,
-                 "frames": run.frames, "geometry": args.geometry},
+        "data": {
+            "layout": args.layout,
+            "frame_stride": args.frame_stride,
+            "max_frames": args.max_frames,
+            "frames": run.frames,
+            "geometry": args.geometry,
+        },
         "params": dataclasses.asdict(pipeline_params(args)),
         "seconds": run.seconds,
-    }  # fmt: skip
+    }
     if run.evaluation is not None:
         rec["evaluation"] = run.evaluation.as_dict()
     return rec
@@ -366,9 +380,16 @@ def _bench(args) -> int:
         runs[scene.name] = {"frames": run.frames, "seconds": run.seconds, "stats": run.result.stats}
     pooled = evaluate(pooled_input).as_dict()
     label = args.label or args.method
-    summary = {"label": label, "method": method_rec, "data": str(pathlib.Path(args.data).resolve()),
-               "layout": args.layout, "pooled": pooled, "per_scene": per_scene, "runs": runs,
-               "params": dataclasses.asdict(pipeline_params(args))}  # fmt: skip
+    summary = {
+        "label": label,
+        "method": method_rec,
+        "data": str(pathlib.Path(args.data).resolve()),
+        "layout": args.layout,
+        "pooled": pooled,
+        "per_scene": per_scene,
+        "runs": runs,
+        "params": dataclasses.asdict(pipeline_params(args)),
+    }
     (out / report.SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     text = report.table(label, pooled, per_scene, f"{args.layout} scenes")
     (out / report.TABLE_FILE).write_text(text)

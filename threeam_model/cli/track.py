@@ -197,8 +197,14 @@ def write_overlay_video(path: pathlib.Path, source: FrameSource, mask_dir: pathl
     from threeam_model.viz import DAVIS_COLORS, draw_overlay
 
     frames = (
-        draw_overlay(rgb, read_annotation(mask_dir / f"{name}.png").astype(np.uint8), 0.5, colors=DAVIS_COLORS,
-                     captions=False, outlines=True)  # fmt: skip
+        draw_overlay(
+            rgb,
+            read_annotation(mask_dir / f"{name}.png").astype(np.uint8),
+            0.5,
+            colors=DAVIS_COLORS,
+            captions=False,
+            outlines=True,
+        )
         for name, rgb in zip(source.names, source)
     )
     return write_mp4(path, frames, fps)
@@ -392,8 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--variant", default=None, help="SAM 2.1 size: t, s, b+, l (default: t; demo: t)")
     m.add_argument("--image-size", type=int, default=None, help="SAM 2 input size: 1024 or 512 (demo: 512)")
     m.add_argument("--must3r", choices=("224", "512"), default=None, help="MUSt3R release (default 512; demo 224)")
-    m.add_argument("--checkpoint", help="3AM checkpoint (merger + fine-tuned heads); without it the merger is "
-                   "untrained and 3AM gives exactly SAM 2's masks")  # fmt: skip
+    m.add_argument(
+        "--checkpoint",
+        help="3AM checkpoint (merger + fine-tuned heads); without it the merger is "
+        "untrained and 3AM gives exactly SAM 2's masks",
+    )
     m.add_argument("--sam2-checkpoint", default="auto", help="official SAM 2.1 .pt (default: from the weights folder)")
     m.add_argument(
         "--must3r-checkpoint", default="auto", help="official MUSt3R .pth (default: from the weights folder)"
@@ -435,16 +444,33 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
     variant = args.variant or "t"
     image_size = args.image_size or (512 if args.demo else None)
     must3r = args.must3r or ("224" if args.demo else "512")
-    common = dict(method=args.method, device=args.device, dtype=args.dtype, max_objects=args.max_objects,
-                  seed=args.seed, compile=args.compile, batch_objects=not args.per_object,
-                  memory_policy=args.memory_policy, backend=args.backend, onnx_dir=args.onnx,
-                  onnx_providers=tuple(args.onnx_providers.split(",")), reid=args.reid)  # fmt: skip
+    common = dict(
+        method=args.method,
+        device=args.device,
+        dtype=args.dtype,
+        max_objects=args.max_objects,
+        seed=args.seed,
+        compile=args.compile,
+        batch_objects=not args.per_object,
+        memory_policy=args.memory_policy,
+        backend=args.backend,
+        onnx_dir=args.onnx,
+        onnx_providers=tuple(args.onnx_providers.split(",")),
+        reid=args.reid,
+    )
     if args.tiny:
         return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]
     sam2_ckpt = None if args.random_weights else args.sam2_checkpoint
     must3r_ckpt = None if args.random_weights else args.must3r_checkpoint
-    cfg = TrackerConfig(variant=variant, image_size=image_size, must3r=must3r, sam2_checkpoint=sam2_ckpt,
-                        must3r_checkpoint=must3r_ckpt, threeam_checkpoint=args.checkpoint, **common)  # fmt: skip
+    cfg = TrackerConfig(
+        variant=variant,
+        image_size=image_size,
+        must3r=must3r,
+        sam2_checkpoint=sam2_ckpt,
+        must3r_checkpoint=must3r_ckpt,
+        threeam_checkpoint=args.checkpoint,
+        **common,
+    )
     cfg, missing = resolve_weights(cfg)
     if missing or args.random_weights:
         how = (
@@ -509,8 +535,11 @@ def _run(args) -> int:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{PROG}: {cfg.describe()} on {cfg.torch_device}; {len(source)} frames, objects "
-          f"{sorted(prompts)} prompted on frame {prompt_frame}", file=sys.stderr)  # fmt: skip
+    print(
+        f"{PROG}: {cfg.describe()} on {cfg.torch_device}; {len(source)} frames, objects "
+        f"{sorted(prompts)} prompted on frame {prompt_frame}",
+        file=sys.stderr,
+    )
     tracker = build_tracker(cfg)
 
     mask_dir = out / "Annotations" / source.video_name
@@ -520,8 +549,10 @@ def _run(args) -> int:
         stats = track_video(
             tracker, source, prompts, prompt_frame, mask_dir, args.direction, not args.quiet, geometry=geometry
         )
-    print(f"{PROG}: {stats['frames']} frames tracked, {stats['mean_s'] * 1000:.0f} ms per frame; masks in {mask_dir}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{PROG}: {stats['frames']} frames tracked, {stats['mean_s'] * 1000:.0f} ms per frame; masks in {mask_dir}",
+        file=sys.stderr,
+    )
     if not args.no_video:
         video = out / f"{source.video_name}_overlay.mp4"
         fps = args.fps or getattr(source, "fps", 0.0) or 10.0
@@ -529,8 +560,10 @@ def _run(args) -> int:
         print(f"{PROG}: overlay video {video}", file=sys.stderr)
     if args.demo:
         s = demo_scores(scene_dir, mask_dir, sorted(prompts))
-        print(f"{PROG}: demo scores against the ground truth ({s['n_objects']} objects): IoU {s['iou']:.3f}, "
-              f"positive IoU {s['positive_iou']:.3f}, successful IoU {s['successful_iou']:.3f}")  # fmt: skip
+        print(
+            f"{PROG}: demo scores against the ground truth ({s['n_objects']} objects): IoU {s['iou']:.3f}, "
+            f"positive IoU {s['positive_iou']:.3f}, successful IoU {s['successful_iou']:.3f}"
+        )
     return 0
 
 

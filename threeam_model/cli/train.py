@@ -60,8 +60,10 @@ def main(argv=None) -> int:
         losses = trainer.run()
         if trainer.is_main and losses:
             k = max(1, min(10, len(losses) // 4))
-            print(f"threeam-train: done at step {trainer.step}; mean loss first {k}: {sum(losses[:k]) / k:.4f}, "
-                  f"last {k}: {sum(losses[-k:]) / k:.4f}")  # fmt: skip
+            print(
+                f"threeam-train: done at step {trainer.step}; mean loss first {k}: {sum(losses[:k]) / k:.4f}, "
+                f"last {k}: {sum(losses[-k:]) / k:.4f}"
+            )
         return 0
     finally:
         trainer.close()

@@ -110,8 +110,15 @@ def evaluate_sequence(
     if not areas:
         raise ValueError(f"sequence {source.name}: no object is ever visible in the ground truth")
     cond_of = {k: conditioning_frame(a) for k, a in areas.items()}
-    per_frame = {k: {"iou": np.full(n, np.nan), "f": np.full(n, np.nan), "pred_area": np.zeros(n, np.int64),
-                     "score": np.full(n, np.nan)} for k in areas}  # fmt: skip
+    per_frame = {
+        k: {
+            "iou": np.full(n, np.nan),
+            "f": np.full(n, np.nan),
+            "pred_area": np.zeros(n, np.int64),
+            "score": np.full(n, np.nan),
+        }
+        for k in areas
+    }
     cache = _FrameCache(source)
     image_size = None
     mask_dir = out_dir / "masks" if (out_dir is not None and settings.write_masks) else None

@@ -49,9 +49,15 @@ def default_slots(model, max_cond_frames: int = 8) -> tuple[int, int]:
 def _export(module, args: tuple, path: Path, names_in: list[str], names_out: list[str], opset: int) -> None:
     with torch.no_grad():
         program = torch.onnx.export(
-            module, args, dynamo=True, opset_version=opset, input_names=names_in, output_names=names_out,
-            verbose=False, optimize=True,
-        )  # fmt: skip
+            module,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=names_in,
+            output_names=names_out,
+            verbose=False,
+            optimize=True,
+        )
     program.save(str(path))
 
 
@@ -85,24 +91,46 @@ def export_sam2(
     tokens_per_pointer = C // Cm if Cm < C else 1
     L = memory_slots * H * W + pointer_slots * tokens_per_pointer
     staging = Path(tempfile.mkdtemp(dir=folder))  # write next to the target, then move: no half-written exports
-    _export(ImageEncoder(model), (image,), staging / FILES["image_encoder"], ["image"],
-            ["fpn0", "fpn1", "fpn2", "pos0", "pos1", "pos2"], opset)  # fmt: skip
+    _export(
+        ImageEncoder(model),
+        (image,),
+        staging / FILES["image_encoder"],
+        ["image"],
+        ["fpn0", "fpn1", "fpn2", "pos0", "pos1", "pos2"],
+        opset,
+    )
     curr = torch.randn(H * W, B, C, device=device)
     memory = torch.randn(L, B, Cm, device=device)
     valid = torch.ones(B, memory_slots + pointer_slots, dtype=torch.bool, device=device)
-    _export(MemoryAttention(model, memory_slots, pointer_slots), (curr, curr.clone(), memory, memory.clone(), valid),
-            staging / FILES["memory_attention"], ["curr", "curr_pos", "memory", "memory_pos", "slot_valid"],
-            ["pix_feat"], opset)  # fmt: skip
+    _export(
+        MemoryAttention(model, memory_slots, pointer_slots),
+        (curr, curr.clone(), memory, memory.clone(), valid),
+        staging / FILES["memory_attention"],
+        ["curr", "curr_pos", "memory", "memory_pos", "slot_valid"],
+        ["pix_feat"],
+        opset,
+    )
     pix = torch.randn(B, C, H, W, device=device)
     hr0 = fpn0.expand(B, -1, -1, -1).contiguous()
     hr1 = fpn1.expand(B, -1, -1, -1).contiguous()
-    _export(SamHeads(model), (pix, hr0, hr1), staging / FILES["sam_heads"], ["pix_feat", "high_res_0", "high_res_1"],
-            ["low_res_masks", "high_res_masks", "obj_ptr", "object_score_logits", "multimask_logits",
-             "multimask_ious"], opset)  # fmt: skip
+    _export(
+        SamHeads(model),
+        (pix, hr0, hr1),
+        staging / FILES["sam_heads"],
+        ["pix_feat", "high_res_0", "high_res_1"],
+        ["low_res_masks", "high_res_masks", "obj_ptr", "object_score_logits", "multimask_logits", "multimask_ious"],
+        opset,
+    )
     mask = torch.rand(B, 1, S, S, device=device)
     scores = torch.randn(B, 1, device=device)
-    _export(MemoryEncoder(model), (pix, mask, scores), staging / FILES["memory_encoder"],
-            ["pix_feat", "mask_for_mem", "object_score_logits"], ["maskmem_features"], opset)  # fmt: skip
+    _export(
+        MemoryEncoder(model),
+        (pix, mask, scores),
+        staging / FILES["memory_encoder"],
+        ["pix_feat", "mask_for_mem", "object_score_logits"],
+        ["maskmem_features"],
+        opset,
+    )
     manifest = {
         "format": 1,
         "image_size": S,

@@ -129,16 +129,31 @@ class OnnxSteps:
         hr0 = vision_feats[0].permute(1, 2, 0).reshape(1, -1, h0, w0).float().expand(B, -1, -1, -1).contiguous()
         hr1 = vision_feats[1].permute(1, 2, 0).reshape(1, -1, h1, w1).float().expand(B, -1, -1, -1).contiguous()
         own = vision_feats[-1].permute(1, 2, 0).reshape(1, C, H, W).float().expand(B, -1, -1, -1).contiguous()
-        parts = {k: [] for k in ("pred_masks", "obj_ptr", "object_score_logits", "maskmem_features",
-                                 "multimask_logits", "multimask_ious")}  # fmt: skip
+        parts = {
+            k: []
+            for k in (
+                "pred_masks",
+                "obj_ptr",
+                "object_score_logits",
+                "maskmem_features",
+                "multimask_logits",
+                "multimask_ious",
+            )
+        }
         for start in range(0, len(tokens), B):
             chunk = tokens[start : start + B]
             slots = [self._slots(t) for t in chunk] + [self._slots(chunk[-1])] * (B - len(chunk))
             memory = torch.stack([s[0] for s in slots], dim=1)
             pos = torch.stack([s[1] for s in slots], dim=1)
             valid = np.stack([s[2] for s in slots])
-            (pix,) = self._run("memory_attention", curr=curr, curr_pos=curr_pos, memory=memory.float(),
-                               memory_pos=pos.float(), slot_valid=valid)  # fmt: skip
+            (pix,) = self._run(
+                "memory_attention",
+                curr=curr,
+                curr_pos=curr_pos,
+                memory=memory.float(),
+                memory_pos=pos.float(),
+                slot_valid=valid,
+            )
             pix = self._tensor(pix).permute(1, 2, 0).reshape(B, C, H, W)
             low, high, ptr, score, multi, ious = (
                 self._tensor(x) for x in self._run("sam_heads", pix_feat=pix, high_res_0=hr0, high_res_1=hr1)
@@ -146,9 +161,14 @@ class OnnxSteps:
             mask = mask_for_memory(self.model, high, is_mask_from_pts=False)
             (maskmem,) = self._run("memory_encoder", pix_feat=own, mask_for_mem=mask, object_score_logits=score)
             n = len(chunk)
-            for key, value in (("pred_masks", low), ("obj_ptr", ptr), ("object_score_logits", score),
-                               ("maskmem_features", self._tensor(maskmem)), ("multimask_logits", multi),
-                               ("multimask_ious", ious)):  # fmt: skip
+            for key, value in (
+                ("pred_masks", low),
+                ("obj_ptr", ptr),
+                ("object_score_logits", score),
+                ("maskmem_features", self._tensor(maskmem)),
+                ("multimask_logits", multi),
+                ("multimask_ious", ious),
+            ):
                 parts[key].append(value[:n])
         out = {k: torch.cat(v) for k, v in parts.items()}
         out["maskmem_pos_enc"] = self._maskmem_pos

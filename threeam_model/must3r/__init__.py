@@ -14,7 +14,18 @@ from .preprocess import preprocess_image
 from .stream import Must3rFrame, Must3rStream
 
 __all__ = [
-    "CheckpointError", "KeyframeParams", "Must3rDecoder", "Must3rEncoder", "Must3rFrame", "Must3rMemory",
-    "Must3rModel", "Must3rStream", "build_must3r",
-    "load_must3r", "postprocess", "preprocess_image", "save_must3r", "tiny_must3r",
-]  # fmt: skip
+    "CheckpointError",
+    "KeyframeParams",
+    "Must3rDecoder",
+    "Must3rEncoder",
+    "Must3rFrame",
+    "Must3rMemory",
+    "Must3rModel",
+    "Must3rStream",
+    "build_must3r",
+    "load_must3r",
+    "postprocess",
+    "preprocess_image",
+    "save_must3r",
+    "tiny_must3r",
+]

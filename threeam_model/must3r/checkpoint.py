@@ -21,9 +21,18 @@ ENCODER_CLASSES = ("Dust3rEncoder",)
 DECODER_CLASSES = ("MUSt3R", "CausalMUSt3R")
 ENCODER_KEYS = {"img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_embed", "pos_embed"}
 DECODER_KEYS = {
-    "img_size", "enc_embed_dim", "patch_size", "embed_dim", "output_dim", "depth", "num_heads", "mlp_ratio",
-    "pos_embed", "feedback_type", "memory_mode",
-}  # fmt: skip
+    "img_size",
+    "enc_embed_dim",
+    "patch_size",
+    "embed_dim",
+    "output_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "pos_embed",
+    "feedback_type",
+    "memory_mode",
+}
 # Accepted and without effect at inference: training-only options of CausalMUSt3R, and options whose only
 # supported value is the default (checked in _check_fixed).
 IGNORED_DECODER_KEYS = {"protected_imgs", "mem_dropout", "dropout_mode", "use_xformers_mask", "use_mem_mask"}
@@ -208,5 +217,7 @@ def save_must3r(model: Must3rModel, path, epoch: int = 0) -> None:
         encoder=constructor_string("Dust3rEncoder", model.encoder_args),
         decoder=constructor_string("MUSt3R", model.decoder_args),
     )
-    torch.save({"encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(), "args": args,
-                "epoch": epoch}, path)  # fmt: skip
+    torch.save(
+        {"encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(), "args": args, "epoch": epoch},
+        path,
+    )

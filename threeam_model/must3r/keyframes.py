@@ -125,8 +125,11 @@ class _Bin:
         order = np.argsort(keys, kind="stable")
         pts, keys = pts[order], keys[order]
         at = np.searchsorted(self.keys, keys)
-        return _Bin(np.insert(self.pts, at, pts, axis=0), np.insert(self.keys, at, keys),
-                    np.insert(self.owners, at, np.full(len(keys), image)))  # fmt: skip
+        return _Bin(
+            np.insert(self.pts, at, pts, axis=0),
+            np.insert(self.keys, at, keys),
+            np.insert(self.owners, at, np.full(len(keys), image)),
+        )
 
 
 class KDTreeIndex:

@@ -11,9 +11,14 @@ from .encoder import Must3rEncoder
 # The tiny sizes of the reference fixtures (../shared/reference/must3r): real decoder depth, tiny widths.
 TINY_ENCODER_ARGS = dict(img_size=(64, 64), embed_dim=32, depth=2, num_heads=4)
 TINY_DECODER_ARGS = dict(
-    img_size=(64, 64), enc_embed_dim=32, embed_dim=32, depth=12, num_heads=4, feedback_type="single_mlp",
+    img_size=(64, 64),
+    enc_embed_dim=32,
+    embed_dim=32,
+    depth=12,
+    num_heads=4,
+    feedback_type="single_mlp",
     memory_mode="kv",
-)  # fmt: skip
+)
 
 
 class Must3rModel(nn.Module):

@@ -117,9 +117,11 @@ def slam_preprocess(frame: np.ndarray, res: int = 512) -> tuple[Preprocessed, fl
     img = img.crop((cx - half_w, cy - half_h, cx + half_w, cy + half_h))
     scale = w1 / w
     box = (
-        int(round((cx - half_w) * scale)), int(round((cy - half_h) * scale)),
-        int(round((cx + half_w) * scale)), int(round((cy + half_h) * scale)),
-    )  # fmt: skip
+        int(round((cx - half_w) * scale)),
+        int(round((cy - half_h) * scale)),
+        int(round((cx + half_w) * scale)),
+        int(round((cy + half_h) * scale)),
+    )
     to_orig = np.array([[scale, 0, (cx - half_w) * scale], [0, h1 / h, (cy - half_h) * h1 / h], [0, 0, 1.0]])
     t = normalize(np.asarray(img))
     return Preprocessed(t, (img.size[1], img.size[0]), box, to_orig), scale

@@ -339,9 +339,26 @@ class Must3rStream:
             distances, unresolved, needed = coverage.nearest(points, valid, cam_center)
             score = overlap_score(distances, depth, valid, self.params)
             decided.append(
-                _Decided(frame_idx, b_prep, b_tokens, feats[k], out, c2w, first, points, valid, depth, cam_center,
-                         coverage, distances, unresolved, needed, score, median_confident(out["conf"], self.params))
-            )  # fmt: skip
+                _Decided(
+                    frame_idx,
+                    b_prep,
+                    b_tokens,
+                    feats[k],
+                    out,
+                    c2w,
+                    first,
+                    points,
+                    valid,
+                    depth,
+                    cam_center,
+                    coverage,
+                    distances,
+                    unresolved,
+                    needed,
+                    score,
+                    median_confident(out["conf"], self.params),
+                )
+            )
             if rerun_init:  # joint init frames are in the memory whatever their score
                 coverage = coverage.updated(add=[(frame_idx, points, valid, cam_center)])
             clock.mark("coverage")
@@ -354,9 +371,20 @@ class Must3rStream:
             clock.mark("coverage")
         token = object()
         self._pending_token = token
-        state = dict(index=index, item=item, batch=batch, keyframe=keyframe, rerun_init=rerun_init,
-                     new_memory=new_memory, victims=victims, decided=decided, coverage=coverage,
-                     focal_sums=focal_sums, focal=focal, clock=clock)  # fmt: skip
+        state = dict(
+            index=index,
+            item=item,
+            batch=batch,
+            keyframe=keyframe,
+            rerun_init=rerun_init,
+            new_memory=new_memory,
+            victims=victims,
+            decided=decided,
+            coverage=coverage,
+            focal_sums=focal_sums,
+            focal=focal,
+            clock=clock,
+        )
         return PendingFrame(self, token, state)
 
     def _complete(self, token, state) -> Must3rFrame:
@@ -400,8 +428,9 @@ class Must3rStream:
                 self._init_frames.append(state["item"])
         self._focal_sums = state["focal_sums"]
         self.frame_count = index + 1
-        result = self._frame(last.prep, last.tokens, last.feats, last.out, focal, last.c2w, in_memory, index,
-                             scores[-1])  # fmt: skip
+        result = self._frame(
+            last.prep, last.tokens, last.feats, last.out, focal, last.c2w, in_memory, index, scores[-1]
+        )
         result.timings = state["clock"].seconds()
         return result
 

@@ -163,8 +163,15 @@ class MergedFeatures:
         if self._side is not None:
             main = torch.cuda.current_stream(self.must3r.device)
             main.wait_stream(self._side)
-            for t in (scene.enc_tokens, *scene.feats.values(), scene.pts3d, scene.pts3d_local, scene.conf,
-                      scene.rays, scene.c2w):  # fmt: skip
+            for t in (
+                scene.enc_tokens,
+                *scene.feats.values(),
+                scene.pts3d,
+                scene.pts3d_local,
+                scene.conf,
+                scene.rays,
+                scene.c2w,
+            ):
                 t.record_stream(main)  # made on the side stream, read on this one: not reused before it is done
         t1 = time.perf_counter()
         merged = merge_features(self._merge, backbone_out["backbone_fpn"][-1], scene, frame.shape[:2])

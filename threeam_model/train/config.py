@@ -55,7 +55,7 @@ DEFAULTS: dict = {
                 "lookalike": True,
                 "weight": 1.0,
             }
-        ],  # fmt: skip
+        ],
         "samples_per_epoch": 1000,
         "num_workers": 0,
     },

@@ -104,23 +104,28 @@ class ThreeAMTrainModel(nn.Module):
                 else:
                     pts, labels = get_next_point(gt_masks=gt, pred_masks=None, method="uniform")
                     point_inputs = {"point_coords": pts, "point_labels": labels}
-            out = self._track_frame(t, is_cond, cur_feats, cur_pos, sizes, point_inputs, mask_inputs, gt, plan,
-                                    output_dict, num_frames, rng)  # fmt: skip
+            out = self._track_frame(
+                t, is_cond, cur_feats, cur_pos, sizes, point_inputs, mask_inputs, gt, plan, output_dict, num_frames, rng
+            )
             as_cond = is_cond or (self.schedule.add_corrected_as_cond and t in plan.frames_to_correct)
             output_dict["cond_frame_outputs" if as_cond else "non_cond_frame_outputs"][t] = out
             outputs[t] = out
         return [outputs[t] for t in range(num_frames)]
 
-    def _track_frame(self, t, is_cond, feats, pos, sizes, point_inputs, mask_inputs, gt, plan, output_dict, num_frames,
-                     rng):  # fmt: skip
+    def _track_frame(
+        self, t, is_cond, feats, pos, sizes, point_inputs, mask_inputs, gt, plan, output_dict, num_frames, rng
+    ):
         """SAM2Train.track_step: one tracking step, then the correction clicks on frames that get them."""
         model = self.sam2
         out, sam_outputs, high_res_features, pix_feat = model._track_step(
             t, is_cond, feats, pos, sizes, point_inputs, mask_inputs, output_dict, num_frames, False, None
         )
         low_multi, high_multi, ious, low_masks, high_masks, obj_ptr, obj_scores = sam_outputs
-        steps = {"multistep_pred_multimasks_high_res": [high_multi], "multistep_pred_ious": [ious],
-                 "multistep_object_score_logits": [obj_scores]}  # fmt: skip
+        steps = {
+            "multistep_pred_multimasks_high_res": [high_multi],
+            "multistep_pred_ious": [ious],
+            "multistep_object_score_logits": [obj_scores],
+        }
         if t in plan.frames_to_correct:
             for _ in range(self.schedule.num_correction_points):
                 from_gt = rng.random() < self.schedule.prob_correct_from_gt

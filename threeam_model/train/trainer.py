@@ -77,11 +77,16 @@ class Trainer:
 
         m = self.cfg["model"]
         tracker_cfg = factory.TrackerConfig(
-            method=m["method"], variant=m["variant"], image_size=m["image_size"], must3r=m["must3r"],
+            method=m["method"],
+            variant=m["variant"],
+            image_size=m["image_size"],
+            must3r=m["must3r"],
             sam2_checkpoint=None if m["tiny"] else m["sam2_checkpoint"],
             must3r_checkpoint=None if m["tiny"] else m["must3r_checkpoint"],
-            device=str(self.device), tiny=m["tiny"], seed=self.seed,
-        )  # fmt: skip
+            device=str(self.device),
+            tiny=m["tiny"],
+            seed=self.seed,
+        )
         merger = None
         self.must3r = None
         if m["method"] == "3am":  # the tracker's assembly (factory.build_threeam), without the stream around it
@@ -111,18 +116,22 @@ class Trainer:
         self.ddp = None
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                self.model,
+                device_ids=[self.local_rank] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,  # as SAM 2: mask-prompted frames skip the decoder
-            )  # fmt: skip
+            )
         self.loss_weights = LossWeights(**self.cfg["loss"])
 
     def _build_data(self) -> None:
         sources, weights = build_sources(self.cfg["data"]["datasets"], self.seed)
         s = self.cfg["sampling"]
         sampler = FrameSampler(
-            num_frames=s["num_frames"], tau=s["tau"], fov_prob=s["fov_prob"], max_objects=s["max_objects"],
+            num_frames=s["num_frames"],
+            tau=s["tau"],
+            fov_prob=s["fov_prob"],
+            max_objects=s["max_objects"],
             max_candidates=s["max_candidates"],
-        )  # fmt: skip
+        )
         self.dataset = ClipDataset(sources, sampler, self.cfg["data"]["samples_per_epoch"], self.seed, weights)
         if self.world > 1:
             self.index_sampler = torch.utils.data.DistributedSampler(
@@ -264,9 +273,12 @@ class Trainer:
             self.dataset.set_epoch(epoch)
             self.index_sampler.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(
-                self.dataset, batch_size=None, sampler=ResumableSampler(self.index_sampler, pos),
-                num_workers=int(self.cfg["data"]["num_workers"]), collate_fn=_as_is,
-            )  # fmt: skip
+                self.dataset,
+                batch_size=None,
+                sampler=ResumableSampler(self.index_sampler, pos),
+                num_workers=int(self.cfg["data"]["num_workers"]),
+                collate_fn=_as_is,
+            )
             for item in loader:
                 yield epoch, item
             epoch, pos = epoch + 1, 0
@@ -295,10 +307,18 @@ class Trainer:
     def _log(self, epoch: int, item: dict, metrics: dict, sec: float) -> None:
         if not self.is_main:
             return
-        row = {"step": self.step, "epoch": epoch, **{k: repr(metrics[k]) for k in ["loss", *LOSS_KEYS]},
-               "mode": item["mode"], "dataset": item["dataset"], "scene": item["scene"],
-               "frames": len(item["frame_indices"]), "objects": len(item["obj_ids"]),
-               "lr_scale": f"{metrics['lr_scale']:.6g}", "sec": f"{sec:.3f}"}  # fmt: skip
+        row = {
+            "step": self.step,
+            "epoch": epoch,
+            **{k: repr(metrics[k]) for k in ["loss", *LOSS_KEYS]},
+            "mode": item["mode"],
+            "dataset": item["dataset"],
+            "scene": item["scene"],
+            "frames": len(item["frame_indices"]),
+            "objects": len(item["obj_ids"]),
+            "lr_scale": f"{metrics['lr_scale']:.6g}",
+            "sec": f"{sec:.3f}",
+        }
         self._csv.writerow(row)
         self._csv_file.flush()
         for k in ["loss", *LOSS_KEYS]:
@@ -320,8 +340,13 @@ class Trainer:
         from threeam_model import threeam_checkpoint
 
         m = self.cfg["model"]
-        meta = {"sam2_variant": m["variant"], "sam2_image_size": self.model.image_size, "must3r": m["must3r"],
-                "step": self.step, "tiny": bool(m["tiny"])}  # fmt: skip
+        meta = {
+            "sam2_variant": m["variant"],
+            "sam2_image_size": self.model.image_size,
+            "must3r": m["must3r"],
+            "step": self.step,
+            "tiny": bool(m["tiny"]),
+        }
         return threeam_checkpoint.save_checkpoint(
             self.out_dir / "threeam_final.pt", self.model.merger, self.model.sam2, meta
         )
