@@ -3,6 +3,7 @@ faults that cost one frame, and the tracker's own refusals (unknown ids, max_obj
 
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -185,6 +186,66 @@ def test_snapshot_answers_while_a_frame_is_in_the_model():
     leave.set()
     worker.join(10)
     assert session.snapshot().frame == "f1"
+
+
+def test_a_prompt_goes_before_the_next_frame_of_a_busy_stream():
+    """D6: under a camera faster than the model, a prompt waits for the frame in the model only, not for the next
+    ones too (with a plain lock, a stream that takes the tracker back at once after each frame starves it)."""
+    frame_s = 0.3
+    tracker = ScriptedTracker()
+    session = TrackingSession(tracker)
+    session.track(rgb(), frame=0)
+    order, entered, stop = [], threading.Event(), threading.Event()
+    original_track, original_prompt = tracker.track, tracker.add_prompt
+
+    def slow_track(frame, geometry=None):
+        order.append("frame")
+        entered.set()
+        time.sleep(frame_s)  # inference (the GIL is free meanwhile, as under torch)
+        return original_track(frame, geometry)
+
+    def prompt(obj_id, **kwargs):
+        order.append("prompt")
+        return original_prompt(obj_id, **kwargs)
+
+    tracker.track, tracker.add_prompt = slow_track, prompt
+
+    def stream():  # a frame always waiting: the newest-frame slot is never empty under a fast camera
+        i = 1
+        while not stop.is_set():
+            session.track(rgb(), frame=i)
+            i += 1
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    waits = []
+    try:
+        for obj_id in (1, 2, 1):
+            entered.clear()
+            assert entered.wait(10)  # a frame has just gone into the model
+            t = time.monotonic()
+            session.prompt(obj_id, points=[[3, 3]])
+            waits.append(time.monotonic() - t)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert max(waits) < 1.5 * frame_s, waits  # the frame in the model, not the one after it as well
+    first = order.index("prompt")  # each prompt right after the frame it waited for
+    assert order[first : first + 5] == ["prompt", "frame", "prompt", "frame", "prompt"], order
+
+
+def test_the_tracker_lock_is_reentrant_for_a_publish_callback():
+    session = TrackingSession(ScriptedTracker())
+    session.track(rgb(), frame="f0")
+    inner = []
+    call = threading.Thread(  # a plain lock would deadlock here
+        target=session.prompt,
+        args=(1,),
+        kwargs=dict(points=[[3, 3]], publish=lambda *a: inner.append(session.remove(1))),
+    )
+    call.start()
+    call.join(10)
+    assert not call.is_alive() and inner == [[]]
 
 
 def test_release_drops_the_tracker():

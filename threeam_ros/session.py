@@ -3,7 +3,9 @@
 Imports no ROS, so its prompt, reset and size-change rules are tested without DDS. The node makes a session at
 configure and drops it at cleanup; it converts messages, calls the session and publishes what comes back.
 
-Locks: `_tracker_lock` serialises every tracker call (a prompt never interleaves with a frame); `_state_lock` guards
+Locks: `_tracker_lock` serialises every tracker call (a prompt never interleaves with a frame) and lets the calls
+waiting for it (prompts, remove, reset, discovery) go before the next frame, so a call waits at most for the frame
+already in the model, never behind a stream of frames; `_state_lock` guards
 only the snapshot, is never held during inference and is always taken inside `_tracker_lock`, never around it, so
 `snapshot()` answers while a frame is in the model.
 
@@ -17,6 +19,7 @@ when too many in a row mean the model is broken.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Hashable
@@ -81,6 +84,61 @@ class PromptOutcome:
 PublishFn = Callable[[Any, np.ndarray, dict[int, ObjectResult], np.ndarray], None]
 
 
+class CallsFirstLock:
+    """A reentrant lock whose waiting calls (`with lock:`) go before a waiting frame (`with lock.for_frame():`).
+
+    With a plain lock nothing stops the inference thread from taking the tracker again for the next frame before a
+    waiting prompt gets it: a thread woken from a lock wait must be scheduled first, and a loop that releases and
+    takes the lock back at once wins that race every time (test_session.py: a prompt then waits two frames). Here
+    a frame waits while any call waits, so a call waits at most for the frame already in the model. Reentrant: a
+    prompt's publish callback may call back into the session (the node's 3D outputs read re-identification's
+    anchors through it)."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._calls_waiting = 0
+
+    def __enter__(self):
+        self._acquire(frame=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release()
+
+    @contextlib.contextmanager
+    def for_frame(self):
+        self._acquire(frame=True)
+        try:
+            yield self
+        finally:
+            self._release()
+
+    def _acquire(self, frame: bool) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            if frame:
+                self._cond.wait_for(lambda: self._owner is None and not self._calls_waiting)
+            else:
+                self._calls_waiting += 1
+                try:
+                    self._cond.wait_for(lambda: self._owner is None)
+                finally:
+                    self._calls_waiting -= 1
+            self._owner, self._depth = me, 1
+
+    def _release(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+
 class TrackingSession:
     def __init__(
         self,
@@ -93,7 +151,7 @@ class TrackingSession:
         self._tracker: Tracker | None = tracker
         self._frame_key = frame_key
         self._on_size_change = on_size_change
-        self._tracker_lock = threading.Lock()
+        self._tracker_lock = CallsFirstLock()
         self._state_lock = threading.Lock()
         self._snapshot = Snapshot(None, None, {})
         self._stream_size: tuple[int, int] | None = None
@@ -106,7 +164,7 @@ class TrackingSession:
 
         Raises FrameError for a frame the tracker refuses (nothing changed) and ModelFault when the model fails
         (the snapshot keeps the previous frame's objects)."""
-        with self._tracker_lock:
+        with self._tracker_lock.for_frame():
             tracker = self._live_tracker()
             size = (int(rgb.shape[0]), int(rgb.shape[1]))
             if self._stream_size is not None and size != self._stream_size:
