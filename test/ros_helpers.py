@@ -75,11 +75,17 @@ class NodeProcess:
         params: dict,
         config: pathlib.Path = CONFIG,
         module: str = "threeam_ros.tracker_node",
+        env: dict | None = None,
     ):
+        """env: extra environment variables of the node's process."""
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            node_command(params, config, module), stdout=self._log, stderr=subprocess.STDOUT, env=node_env(), cwd=REPO
+            node_command(params, config, module),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=node_env(**(env or {})),
+            cwd=REPO,
         )
 
     def alive(self) -> bool:
@@ -140,13 +146,15 @@ def running_node(
     params: dict,
     match_image: bool = True,
     module: str = "threeam_ros.tracker_node",
+    env: dict | None = None,
     **client_kwargs,
 ):
     """(node process, ready test client) with the node active; afterwards both stop, and the node must have exited
     cleanly. match_image=False: do not wait for the node's image subscription to match the client's publisher.
-    With lifecycle.autostart false, the client waits only for the lifecycle services (the node is unconfigured)."""
+    With lifecycle.autostart false, the client waits only for the lifecycle services (the node is unconfigured).
+    env: extra environment variables of the node's process."""
     require_isolation()
-    node = NodeProcess(log_path, params, module=module)
+    node = NodeProcess(log_path, params, module=module, env=env)
     client = Client(**client_kwargs)
     try:
         if params.get("lifecycle.autostart", True):
@@ -371,6 +379,14 @@ def settled_counts(client: Client, before: dict, min_processed: int, timeout: fl
         return t if counted == delta["frames_received"] else None
 
     return wait_until(settled, timeout, "diagnostics that account for every frame")
+
+
+def next_frame_out(client: Client, timeout: float = 30.0) -> None:
+    """Until the label image of a frame not seen before arrives: the node has just finished a frame (and, under a
+    camera faster than the model, just put the next one into the model)."""
+    stamps = lambda: {(m.header.stamp.sec, m.header.stamp.nanosec) for m in client.labels.messages()}  # noqa: E731
+    seen = stamps()
+    wait_until(lambda: stamps() - seen, timeout, "the labels of a new frame")
 
 
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.01):

@@ -65,6 +65,7 @@ def test_colcon_builds_both_packages(tmp_path):
     share = install / "threeam_ros" / "share" / "threeam_ros"
     assert (share / "launch" / "tracker.launch.py").is_file()
     assert (share / "config" / "tracker.yaml").is_file()
+    assert (share / "config" / "fastdds_large_frames.xml").is_file()  # the launch file's default Fast DDS profile
     assert (share / "package.xml").is_file()
     assert (install / "threeam_ros" / "share" / "ament_index" / "resource_index" / "packages" / "threeam_ros").is_file()
     node_exe = install / "threeam_ros" / "lib" / "threeam_ros" / "tracker_node"

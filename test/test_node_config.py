@@ -97,13 +97,18 @@ def test_launch_description_builds_the_node_with_config_overrides_and_remappings
             super().__init__(**kwargs)
             recorded["node"] = kwargs
 
+    class FindPackageShare(Recorder):
+        def perform(self, context):
+            return str(rh.REPO)  # the installed share folder has the repository's launch/ and config/ layout
+
     stand_in = {
         "launch": dict(LaunchDescription=Recorder),
         "launch.actions": dict(DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder),
         "launch.substitutions": dict(LaunchConfiguration=LaunchConfiguration, PathJoinSubstitution=Recorder),
         "launch_ros.actions": dict(Node=Node),
-        "launch_ros.substitutions": dict(FindPackageShare=Recorder),
+        "launch_ros.substitutions": dict(FindPackageShare=FindPackageShare),
     }
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
     for name, attrs in stand_in.items():
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
     namespace = {}
@@ -131,6 +136,18 @@ def test_launch_description_builds_the_node_with_config_overrides_and_remappings
     assert recorded["node"]["parameters"][1] == {"model.device": "cuda", "lifecycle.autostart": False}
     with pytest.raises(FileNotFoundError, match="parameters file '/nowhere/tracker.yaml' does not exist"):
         opaque.kwargs["function"]({**context, "config": "/nowhere/tracker.yaml"})
+    # the Fast DDS profile for HD frames: on by default, off with false, or a file of the user's
+    profile = str(rh.REPO / "config" / "fastdds_large_frames.xml")
+    assert node["additional_env"] == {"FASTDDS_DEFAULT_PROFILES_FILE": profile}
+    opaque.kwargs["function"]({**context, "fastdds_profile": "false"})
+    assert recorded["node"]["additional_env"] == {}
+    opaque.kwargs["function"]({**context, "fastdds_profile": str(my_config)})
+    assert recorded["node"]["additional_env"] == {"FASTDDS_DEFAULT_PROFILES_FILE": str(my_config)}
+    with pytest.raises(FileNotFoundError, match="Fast DDS profile '/nowhere.xml' does not exist"):
+        opaque.kwargs["function"]({**context, "fastdds_profile": "/nowhere.xml"})
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/the/users/own.xml")  # a profile already set is kept
+    opaque.kwargs["function"](context)
+    assert recorded["node"]["additional_env"] == {}
     setup = (rh.REPO / "setup.py").read_text()
     assert "tracker_node = threeam_ros.tracker_node:main" in setup
 

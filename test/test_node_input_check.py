@@ -1,5 +1,5 @@
 """A camera topic that delivers nothing is explained in the diagnostics: no publisher, another message type, or a
-best-effort camera under input.qos reliable (the node has no QoS event callbacks on its image subscription; see
+best-effort camera under input.qos reliable (the node has no default QoS event callbacks on its image subscription; see
 threeam_ros/input_check.py)."""
 
 import types

@@ -22,6 +22,8 @@ class NodeStats:
         "frames_received",
         "frames_processed",
         "frames_dropped",
+        "frames_lost",  # lost in the middleware before the node saw them (the subscription's message-lost event)
+        "size_changes",  # frames of another size than the stream's: each reset objects and memory
         "frames_rejected",
         "internal_errors",
         "model_faults",  # frames on which the model raised (each costs that frame only)

@@ -94,9 +94,12 @@ PARAMS: tuple[Param, ...] = (
     ),
     Param(
         "input.qos",
-        "sensor_data",
-        "Input QoS: sensor_data (best effort, the camera default) or reliable.",
-        choices=("sensor_data", "reliable"),
+        "auto",
+        "Input QoS reliability. auto: the camera's, from the graph: reliable while every publisher on the topic is "
+        "reliable, best effort otherwise and while none is known (followed as publishers come and go, checked every "
+        "diagnostics period); sensor_data: always best effort; reliable: always reliable (a best-effort camera "
+        "then delivers nothing). Frames the middleware loses are counted as frames_lost.",
+        choices=("auto", "sensor_data", "reliable"),
     ),
     Param(
         "input.qos_depth", 5, "Input queue depth. The node keeps only the newest frame whatever this is.", min_value=1

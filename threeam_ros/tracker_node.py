@@ -11,13 +11,14 @@ back. `lifecycle.autostart` (default true) configures and activates at start.
 Threads: the camera callback only stores the newest message in a one-slot buffer (an overwritten message is a
 dropped frame); one worker thread decodes, tracks and publishes it; services run on a multi-threaded executor, so
 they answer while a frame is in the model (list_objects at once; prompts wait for the frame in the model, since they
-act on the tracker's state).
+act on the tracker's state, and then go before the next frame: TrackingSession's tracker lock).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import signal
 import sys
 import threading
@@ -28,11 +29,11 @@ import weakref
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, KeyValue
 from geometry_msgs.msg import PointStamped, PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -53,7 +54,13 @@ from threeam_ros import conversions
 from threeam_ros.conversions import ConversionError
 from threeam_ros.frame_slot import LatestFrameSlot
 from threeam_ros.geometry_sync import GeometrySync, transform_to_c2w
-from threeam_ros.input_check import input_problem
+from threeam_ros.input_check import (
+    CameraCallbackGroup,
+    camera_reliability,
+    input_problem,
+    lost_frames_problem,
+    same_name_problem,
+)
 from threeam_ros.node_stats import NodeStats, diagnostics_message
 from threeam_ros.outputs import FrameOutputs, Object3DOutputs, OutputTopics, PublishOptions, tracked_object
 from threeam_ros.params import (
@@ -135,6 +142,11 @@ class TrackerNode(LifecycleNode):
         self._tf_listener = None
         self._pub_diag = None
         self._image_topic = ""
+        self._image_sub = None
+        self._input_lock = threading.RLock()  # the camera subscription: re-subscribed by the diagnostics timer
+        self._input_reliable = False  # the camera subscription's reliability (input.qos auto: the camera's)
+        self._lost_counted = False  # whether the rmw reports lost messages (Fast DDS does)
+        self._frames_lost = 0
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -188,7 +200,7 @@ class TrackerNode(LifecycleNode):
         self._worker.start()
         self.state = "active"
         self.get_logger().info(
-            f"tracking {self._image_topic} ({self._input_type.__name__}, {self.cfg['input.qos']} QoS) with "
+            f"tracking {self._image_topic} ({self._input_type.__name__}, {self._input_qos_text()}) with "
             f"{self._model_name}; labels on {self._outputs.labels.topic_name}"
         )
         return result
@@ -268,26 +280,74 @@ class TrackerNode(LifecycleNode):
         self._entities.append((self.destroy_timer, timer))
 
     def _subscribe(self) -> None:
-        qos = qos_profile_sensor_data if self.cfg["input.qos"] == "sensor_data" else QoSProfile(depth=1)
-        in_qos = QoSProfile(
-            history=qos.history,
-            depth=self.cfg["input.qos_depth"],
-            reliability=qos.reliability,
-            durability=qos.durability,
-        )
         self._input_type = CompressedImage if self.cfg["input.transport"] == "compressed" else Image
-        sub = self.create_subscription(
-            self._input_type,
-            self.cfg["topics.image"],
-            self._on_image,
-            in_qos,
-            callback_group=MutuallyExclusiveCallbackGroup(),
-            event_callbacks=_NO_QOS_EVENTS,
-        )
-        self._image_topic = sub.topic_name
-        self._active_entities.append((self.destroy_subscription, sub))
+        reliable = {"reliable": True, "sensor_data": False}.get(self.cfg["input.qos"])
+        if reliable is None:  # auto: what the camera publishes, if it is already there (else best effort for now)
+            topic = self.resolve_topic_name(self.cfg["topics.image"])
+            reliable = bool(camera_reliability(self.get_publishers_info_by_topic(topic)))
+        self._subscribe_image(reliable)
         if self._geometry_sync is not None:
             self._subscribe_geometry()
+
+    def _subscribe_image(self, reliable: bool) -> None:
+        """(Re)subscribe to the camera, best effort or reliable, counting the frames the middleware reports lost.
+
+        The message-lost event is the one QoS event on this subscription, in a CameraCallbackGroup with it; see
+        threeam_ros/input_check.py for why the others stay off and why that group."""
+        base = QoSProfile(depth=1) if reliable else qos_profile_sensor_data
+        qos = QoSProfile(
+            history=base.history,
+            depth=self.cfg["input.qos_depth"],
+            reliability=base.reliability,
+            durability=base.durability,
+        )
+        args = (self._input_type, self.cfg["topics.image"], self._on_image, qos)
+        lost = SubscriptionEventCallbacks(message_lost=self._on_frames_lost, use_default_callbacks=False)
+        with self._input_lock:
+            old, self._image_sub = self._image_sub, None
+            if old is not None:
+                self._active_entities.remove((self.destroy_subscription, old))
+                self.destroy_subscription(old)
+            try:
+                sub = self.create_subscription(*args, callback_group=CameraCallbackGroup(), event_callbacks=lost)
+                self._lost_counted = True
+            except UnsupportedEventTypeError:  # an rmw without the event: frames it loses cannot be counted
+                group = MutuallyExclusiveCallbackGroup()
+                sub = self.create_subscription(*args, callback_group=group, event_callbacks=_NO_QOS_EVENTS)
+                self._lost_counted = False
+            self._image_sub, self._input_reliable = sub, reliable
+            self._image_topic = sub.topic_name
+            self._active_entities.append((self.destroy_subscription, sub))
+
+    def _follow_camera_qos(self) -> None:
+        """input.qos auto: re-subscribe when the camera's reliability differs from the subscription's (a camera that
+        appeared after activation, or one that came back with other QoS); nothing while no publisher is known."""
+        if self.cfg["input.qos"] != "auto":
+            return
+        with self._input_lock:  # not while deactivate unsubscribes
+            if self._image_sub is None:
+                return
+            reliable = camera_reliability(self.get_publishers_info_by_topic(self._image_topic))
+            if reliable is None or reliable == self._input_reliable:
+                return
+            self._subscribe_image(reliable)
+        self.get_logger().info(f"input.qos auto: {self._image_topic} now subscribed {self._input_qos_text()}")
+
+    def _input_qos_text(self) -> str:
+        text = f"{'reliable' if self._input_reliable else 'best effort'} (input.qos {self.cfg['input.qos']})"
+        return text if self._lost_counted else text + ", lost frames not counted: this rmw has no message-lost event"
+
+    def _on_frames_lost(self, info) -> None:
+        """The middleware lost frames of the camera before the node saw them (best-effort samples it dropped)."""
+        n = int(info.total_count_change)
+        if n <= 0:
+            return
+        self._frames_lost += n
+        self._stats.count("frames_lost", n)
+        profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
+        text = lost_frames_problem(n, self._frames_lost, self._image_topic, profile)
+        self._stats.problem(text)
+        self._warn_throttled("frames lost", text, period=10.0)
 
     def _subscribe_camera_info(self) -> None:
         """The camera's calibration, republished beside the overlay (with a nominal one until it arrives)."""
@@ -319,9 +379,11 @@ class TrackerNode(LifecycleNode):
 
     def _stop_taking_frames(self) -> None:
         """Unsubscribe and stop the inference thread (after the frame in flight); objects and memory stay."""
-        for destroy, entity in reversed(self._active_entities):
-            destroy(entity)
-        self._active_entities.clear()
+        with self._input_lock:
+            for destroy, entity in reversed(self._active_entities):
+                destroy(entity)
+            self._active_entities.clear()
+            self._image_sub = None
         self._running = False
         if self._slot is not None:
             self._slot.close()
@@ -542,10 +604,18 @@ class TrackerNode(LifecycleNode):
             "reset; prompt the objects again"
         )
         publishers = self.get_publishers_info_by_topic(self._image_topic)
+        names = ", ".join(sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in publishers}))
         if len(publishers) > 1:
-            names = ", ".join(f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in publishers)
-            text += f". {len(publishers)} nodes publish on {self._image_topic} ({names}): one camera per topic"
-        self._warn_throttled(f"size {old}->{new}", text, period=10.0)  # two cameras on one topic: not every frame
+            text += (
+                f". {len(publishers)} publishers on {self._image_topic} ({names}): cameras of different sizes on one "
+                "topic reset the tracker at every switch; give each camera its own topic (one node per camera)"
+            )
+        elif publishers:
+            text += f" (publisher: {names})"
+        self._stats.count("size_changes")
+        self._stats.problem(text)
+        # two cameras on one topic change the size on every frame: one line per size pair every 10 s, not a flood
+        self._warn_throttled(f"size {old}->{new}", text, period=10.0)
 
     def _publish(self, header, rgb: np.ndarray, objects: dict[int, ObjectResult], labels: np.ndarray) -> None:
         for problem in self._outputs.publish(header, rgb, objects, labels, self._publish_options()):
@@ -748,6 +818,9 @@ class TrackerNode(LifecycleNode):
     def _publish_diagnostics(self, error: str = "") -> None:
         if self._pub_diag is None:
             return
+        if self.state == "active" and not error:
+            self._follow_camera_qos()
+        same_name = same_name_problem(self.get_node_names_and_namespaces(), self.get_name(), self.get_namespace())
         snap = self._stats.snapshot()
         received = snap["totals"]["frames_received"]
         # nothing arrived for a whole period: say why, if the graph can (after discovery has had time to run)
@@ -757,17 +830,23 @@ class TrackerNode(LifecycleNode):
                 self.get_publishers_info_by_topic(self._image_topic),
                 self._image_topic,
                 f"sensor_msgs/msg/{self._input_type.__name__}",
-                reliable=self.cfg["input.qos"] == "reliable",
+                reliable=self._input_reliable,
             )
             if problem:
                 snap["last_problem"] = problem
                 self._warn_throttled(f"input: {problem}", problem, period=10.0)  # a new reason is logged at once
         self._received_at_last_diag = received
+        if same_name:  # for as long as it lasts: both nodes answer every call
+            snap["last_problem"] = "; ".join(filter(None, (same_name, snap["last_problem"])))
+            self._warn_throttled("same name", same_name, period=30.0)
         session = self._session
         n = len(session.snapshot().objects) if session is not None else 0
         name = f"{self.get_fully_qualified_name()}: tracking"
         stamp = self.get_clock().now().to_msg()
-        self._pub_diag.publish(diagnostics_message(snap, name, stamp, n, self._model_name, self.state, error))
+        msg = diagnostics_message(snap, name, stamp, n, self._model_name, self.state, error)
+        if self._image_sub is not None:
+            msg.status[0].values.append(KeyValue(key="input_qos", value=self._input_qos_text()))
+        self._pub_diag.publish(msg)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         for param in params:
