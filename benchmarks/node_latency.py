@@ -5,7 +5,7 @@ frames at a fixed rate while a "user" calls list_objects and add_prompt every ~0
 processed / dropped (the node's counters), publish -> label latency at the start and at the end of the stream, the
 time from the last publish to its labels (a node that queued frames would first work off its backlog), the service
 answer times, and the node's resident memory at the start and at the end. The same scenario is a test
-(test/test_node_latency.py), which asserts only what cannot depend on the machine's speed.
+(test/ros/test_node_latency.py), which asserts only what cannot depend on the machine's speed.
 
 Run it network-isolated, like every ROS process of this project:
     bash scripts/isolated.sh $VENV/bin/python benchmarks/node_latency.py --frames 900 --rate 30

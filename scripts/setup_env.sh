@@ -4,7 +4,7 @@
 # and a changed pin gives a fresh venv. The interfaces package is rebuilt when its sources change.
 #   bash scripts/setup_env.sh            # install if needed; prints the venv path on the last line
 #   bash scripts/setup_env.sh --path     # print the venv path only (no install)
-#   bash scripts/setup_env.sh --colcon   # also a separate colcon venv (for test/test_colcon_build.py); prints its path
+#   bash scripts/setup_env.sh --colcon   # also a separate colcon venv (for test/ros/test_colcon_build.py); prints its path
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${THREEAM_CACHE:-$HOME/.cache/threeam}

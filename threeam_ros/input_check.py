@@ -10,7 +10,7 @@ thread but not yet taken, a wait that includes the event returns at once, again 
 
 The one event the node does attach, message-lost (frames the middleware dropped before the node saw them, counted as
 frames_lost), sits in a `CameraCallbackGroup` with its subscription: neither is waited on while the other is handed
-out and not yet taken, which closes that window. Measured with test/test_node_latency.py (a 300 Hz camera, 1,500
+out and not yet taken, which closes that window. Measured with test/ros/test_node_latency.py (a 300 Hz camera, 1,500
 frames; 2 runs, then 3 and 3): the event in a plain mutually exclusive group, 586 to 1,142 frames received and 61 to 170
 tracked; in this group 1,493 to 1,500 received and 276 to 338 tracked; without the event 1,496 to 1,500 and 222
 to 325.

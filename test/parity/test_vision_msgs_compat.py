@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 COMPAT = REPO / "compat" / "vision_msgs"
 NAMES = [
     "BoundingBox2D",

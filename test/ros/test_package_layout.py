@@ -5,7 +5,7 @@ import pathlib
 import re
 import xml.etree.ElementTree as ET
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_model_library_never_imports_ros():

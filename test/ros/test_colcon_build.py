@@ -13,7 +13,7 @@ import sys
 import pytest
 import ros_helpers as rh
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
