@@ -85,6 +85,17 @@ def test_forward_and_backward_passes_write_each_frame_from_its_own_pass(tmp_path
         assert rows == (i + 1 if (i + 1) in tracked else 0), name
 
 
+def test_backward_from_the_first_frame_writes_the_prompted_frame(tmp_path):
+    source = cli.FrameSource(_stamped_folder(tmp_path, n=3))
+    tracker = StampTracker()
+    out = tmp_path / "masks"
+    out.mkdir()
+    stats = cli.track_video(tracker, source, cli.parse_prompts(["1:5,5"], None, None), 0, out, "backward", False)
+    assert [c[1] for c in tracker.calls if c[0] == "track"] == [1] and stats["frames"] == 1
+    rows = [int((read_annotation(out / f"{name}.png") > 0).any(axis=1).sum()) for name in source.names]
+    assert rows == [1, 0, 0], "frame 0 holds its prompt's mask, the frames no pass reached are background"
+
+
 def test_prompt_parsing(tmp_path):
     label = np.zeros((30, 40), np.uint8)
     label[2:8, 3:9] = 4

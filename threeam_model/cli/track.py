@@ -300,10 +300,8 @@ def track_video(
     written: set[int] = set()
     times: list[float] = []
     bar = tqdm(total=todo, desc=f"{PROG} {source.video_name}", unit="frame", disable=not progress, file=sys.stderr)
+    # backward from frame 0 covers the prompted frame alone: bidirectional yields just its result
     schedule = bidirectional(n, prompt_frame, lambda k: timed(start, k), lambda t: timed(track, t), direction)
-    if not (forward or backward):  # backward from frame 0: nothing is tracked, not even the prompt frame (as ever)
-        frames(prompt_frame)
-        schedule = ()
     for index, result in schedule:
         times.append(elapsed[0])
         write_annotation(mask_dir / f"{source.names[index]}.png", result.label_image())
