@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from threeam_model.interface import Tracker
+
+if TYPE_CHECKING:
+    from threeam_model.reid import ReIDConfig
 
 METHODS = ("sam2", "3am")
 REID_SOURCES = ("off", "rgbd", "must3r")  # geometric re-identification: off, depth + pose, or RGB-only MUSt3R
@@ -73,7 +77,7 @@ class TrackerConfig:
     # each frame's depth, K and pose: track(frame, geometry=CameraGeometry(...))) or "must3r" (RGB only; with
     # method 3am the tracker's own MUSt3R output, FrameResult.scene, is reused)
     reid_depth_scale: float = 1.0  # rgbd: metres per depth unit (0.001 for uint16 millimetre depth images)
-    reid_reject_out_of_view: bool = False  # also reject look-alike jumps while the object's place is out of view
+    reid_config: ReIDConfig = dataclasses.field(default_factory=lambda: _reid_config())  # its thresholds
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -307,7 +311,7 @@ def build_tracker(cfg: TrackerConfig) -> Tracker:
 
 def with_reid(tracker: Tracker, cfg: TrackerConfig) -> Tracker:
     """Wrap a tracker in geometric re-identification; its geometry source is `wrapped.geometry`."""
-    from threeam_model.reid import GeometricReID, Must3rGeometry, ReIDConfig, RGBDGeometry
+    from threeam_model.reid import GeometricReID, Must3rGeometry, RGBDGeometry
 
     if cfg.reid == "rgbd":
         geometry = RGBDGeometry(depth_scale=cfg.reid_depth_scale)
@@ -315,7 +319,13 @@ def with_reid(tracker: Tracker, cfg: TrackerConfig) -> Tracker:
         geometry = Must3rGeometry.from_tracker_scene()
     else:
         geometry = Must3rGeometry(must3r_stream(build_must3r_model(cfg), cfg))
-    return GeometricReID(tracker, geometry, ReIDConfig(reject_out_of_view=cfg.reid_reject_out_of_view))
+    return GeometricReID(tracker, geometry, cfg.reid_config)
+
+
+def _reid_config(**values):
+    from threeam_model.reid import ReIDConfig
+
+    return ReIDConfig(**values)
 
 
 def _stream_options(cfg: TrackerConfig, sam2_model) -> dict:

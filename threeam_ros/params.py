@@ -384,13 +384,23 @@ PARAMS: tuple[Param, ...] = (
         "after it.",
         min_value=0.0,
     ),
-    Param(
-        "reid.reject_out_of_view",
-        False,
-        "Also reject look-alike jumps while the object's place is out of view.",
-    ),
 )
 
+
+def _reid_thresholds() -> tuple[Param, ...]:
+    """reid.<field> for every threshold of threeam_model's ReIDConfig, derived from its declared knobs (name,
+    default, description, choices, range): one name and one default, kept there."""
+    from threeam_model.knobs import knobs_of
+    from threeam_model.reid import ReIDConfig
+
+    return tuple(
+        Param(f"reid.{k.name}", k.default, k.description, k.choices, False, k.min_value, k.max_value)
+        for k in knobs_of(ReIDConfig)
+    )
+
+
+REID_THRESHOLDS = _reid_thresholds()
+PARAMS += REID_THRESHOLDS
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}
 
 
@@ -473,10 +483,16 @@ def tracker_config(cfg: dict):
             tiny=tiny,
             seed=cfg["model.seed"],
             reid=cfg["reid.source"] if cfg["reid.enabled"] else "off",
-            reid_reject_out_of_view=cfg["reid.reject_out_of_view"],
+            reid_config=_reid_config({p.name.removeprefix("reid."): cfg[p.name] for p in REID_THRESHOLDS}),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _reid_config(values: dict):
+    from threeam_model.reid import ReIDConfig
+
+    return ReIDConfig(**values)
 
 
 def has_random_weights(config) -> bool:

@@ -28,6 +28,8 @@ from threeam_model.errors import ExportError, PromptError, TrackerInputError, Us
 from threeam_model.eval.protocols import bidirectional
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
 from threeam_model.interface import FrameResult
+from threeam_model.knobs import knobs_of
+from threeam_model.reid import ReIDConfig
 from threeam_model.streaming.policies import MEMORY_POLICIES
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -423,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--onnx", help="folder written by threeam-export (with --backend onnxruntime)")
     m.add_argument("--onnx-providers", default="cpu", help="ONNX Runtime providers, comma list of cpu, cuda, tensorrt")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    r = p.add_argument_group("geometric re-identification thresholds (with --reid)")
+    for k in knobs_of(ReIDConfig):  # derived from ReIDConfig's knobs: one name, one default, one description
+        flag = "--reid-" + k.name.replace("_", "-")
+        if isinstance(k.default, bool):
+            r.add_argument(flag, action=argparse.BooleanOptionalAction, default=k.default, help=k.description)
+        else:
+            kind = type(k.default)
+            r.add_argument(flag, type=kind, choices=k.choices or None, default=k.default, help=k.description)
     o = p.add_argument_group("output")
     o.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
     o.add_argument("--no-video", action="store_true", help="do not write the overlay MP4")
@@ -434,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _warn(msg: str) -> None:
     bar = "!" * 100
     print(f"\n{bar}\n{msg}\n{bar}\n", file=sys.stderr)
+
+
+def reid_config_from_args(args) -> ReIDConfig:
+    """The re-identification thresholds given as --reid-<name> (ReIDConfig's defaults where not given)."""
+    return ReIDConfig(**{k.name: getattr(args, f"reid_{k.name}") for k in knobs_of(ReIDConfig)})
 
 
 def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
@@ -455,6 +470,7 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
         onnx_dir=args.onnx,
         onnx_providers=tuple(args.onnx_providers.split(",")),
         reid=args.reid,
+        reid_config=reid_config_from_args(args),
     )
     if args.tiny:
         return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from threeam_model.interface import CameraGeometry, FrameResult, ObjectResult, Tracker, check_frame
+from threeam_model.knobs import check_knobs, knob
 from threeam_model.reid.anchor import ObjectAnchor
 from threeam_model.reid.decision import (
     PROMPTS,
@@ -49,39 +50,54 @@ _TRACE_POINTS = 256  # world points kept of the previous frame's mask, to tell a
 class ReIDConfig:
     """Thresholds of the mode. Pixel counts are in frame pixels; tolerances are relative to depth."""
 
-    work_long_side: int = 160  # geometry grid: the frame's long side is sampled down to at most this many pixels
-    depth_tol: float = 0.05  # a point is "at" a surface when their depths differ by at most this fraction
-    voxel_rel: float = 0.01  # anchor voxel edge, as a fraction of the object's depth when first seen
-    max_voxels: int = 4096  # anchor cap per object
-    max_points_per_update: int = 2048  # mask points added to the anchor per frame (evenly subsampled)
-    min_anchor_voxels: int = 10  # an anchor smaller than this neither re-acquires nor vetoes
-    min_prior_pixels: int = 64  # the prior must cover this many frame pixels to act on it
-    hull_margin: float = 0.25  # widening of the bounding sphere that may hold unseen sides, times the extent
-    min_support_frac: float = 0.3  # supported share of the anchor points not hidden by a nearer occluder
-    veto_max_near_frac: float = 0.2  # a mask with less than this share on the prior is a veto candidate
-    update_min_near_frac: float = 0.3  # a mature anchor learns only masks with at least this share on the prior
-    cooldown_frames: int = 1  # after prompting an object, skip it for this many frames
-    prompt: str = "box+point"  # what the re-acquisition prompt holds: "box+point", "box" or "point"
-    max_events: int = 256  # cap of the event log
-    prompt_as_conditioning: bool = True  # the base keeps a re-id prompt as a conditioning frame (where it can)
-    # a mask that jumps (does not continue last frame's mask) far from the anchor while the anchor's place is out
-    # of view is rejected with a negative point: right for static scenes, wrong for objects carried away unseen
-    reject_out_of_view: bool = False
+    work_long_side: int = knob(
+        160, "Geometry grid: the frame's long side is sampled down to at most this many pixels.", min_value=1
+    )
+    depth_tol: float = knob(
+        0.05, "A point is at a surface when their depths differ by at most this fraction.", min_value=1e-9
+    )
+    voxel_rel: float = knob(
+        0.01, "Anchor voxel edge, as a fraction of the object's depth when first seen.", min_value=1e-9
+    )
+    max_voxels: int = knob(4096, "Anchor cap per object (voxels; the least recently seen leave).", min_value=1)
+    max_points_per_update: int = knob(
+        2048, "Mask points added to the anchor per frame (evenly subsampled).", min_value=1
+    )
+    min_anchor_voxels: int = knob(10, "An anchor smaller than this neither re-acquires nor vetoes.", min_value=1)
+    min_prior_pixels: int = knob(64, "The prior must cover this many frame pixels to be acted on.", min_value=0)
+    hull_margin: float = knob(
+        0.25, "Widening of the bounding sphere that may hold unseen sides, times the object's extent.", min_value=0.0
+    )
+    min_support_frac: float = knob(
+        0.3,
+        "Share of the anchor's points not hidden by a nearer occluder that must be supported for it to be in view.",
+        min_value=0.0,
+        max_value=1.0,
+    )
+    veto_max_near_frac: float = knob(
+        0.2, "A mask with less than this share on the prior is a veto candidate.", min_value=0.0, max_value=1.0
+    )
+    update_min_near_frac: float = knob(
+        0.3,
+        "A mature anchor learns only masks with at least this share on the prior.",
+        min_value=0.0,
+        max_value=1.0,
+    )
+    cooldown_frames: int = knob(1, "After prompting an object, skip it for this many frames.", min_value=0)
+    prompt: str = knob("box+point", "What a re-acquisition prompt holds.", choices=("box+point", "box", "point"))
+    max_events: int = knob(256, "Cap of the event log.", min_value=1)
+    prompt_as_conditioning: bool = knob(
+        True, "The tracker keeps a re-identification prompt as a conditioning frame (where it can)."
+    )
+    # right for static scenes, wrong for objects carried away unseen
+    reject_out_of_view: bool = knob(
+        False,
+        "Also reject (with a negative point) a mask that jumps far from the anchor while the anchor's place is out "
+        "of view.",
+    )
 
     def __post_init__(self):
-        if self.prompt not in ("box+point", "box", "point"):
-            raise ValueError(f"prompt must be 'box+point', 'box' or 'point', got {self.prompt!r}")
-        for name in ("depth_tol", "voxel_rel"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("min_support_frac", "veto_max_near_frac", "update_min_near_frac"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.hull_margin < 0 or self.cooldown_frames < 0 or self.min_prior_pixels < 0:
-            raise ValueError("hull_margin, cooldown_frames and min_prior_pixels must be >= 0")
-        for name in ("work_long_side", "max_voxels", "max_points_per_update", "max_events", "min_anchor_voxels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_knobs(self)
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ Every key has a default here; a YAML file or an override may only set keys that 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pathlib
 import re
 
@@ -25,6 +26,12 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _tracker_default(name: str):
+    from threeam_model.factory import TrackerConfig
+
+    return next(f.default for f in dataclasses.fields(TrackerConfig) if f.name == name)
+
+
 def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
@@ -40,7 +47,8 @@ DEFAULTS: dict = {
         "must3r_checkpoint": "auto",
         "init_checkpoint": None,  # a 3AM checkpoint to start from (merger + heads)
         "tiny": False,  # random tiny models (CPU toy runs and tests)
-        "must3r_max_memory_images": 64,
+        # MUSt3R memory cap (images): the tracker's knob and default (TrackerConfig.must3r_max_keyframes)
+        "must3r_max_keyframes": _tracker_default("must3r_max_keyframes"),
     },
     "data": {
         # list of {"type": synthetic | synthetic_dir | scannetpp | ase | mose, "weight": w, ...type options}

@@ -96,8 +96,8 @@ class Trainer:
             merger = merger.to(self.device)
             feat_layers = (0, *merger.cfg.merge_layers)
 
-            def stream_factory():  # training's own memory cap (model.must3r_max_memory_images)
-                cfg = dataclasses.replace(tracker_cfg, must3r_max_keyframes=int(m["must3r_max_memory_images"]))
+            def stream_factory():  # training's memory cap (model.must3r_max_keyframes)
+                cfg = dataclasses.replace(tracker_cfg, must3r_max_keyframes=int(m["must3r_max_keyframes"]))
                 return factory.must3r_stream(must3r_model, cfg, feat_layers=feat_layers)
 
             cache = self.cfg["must3r"]["cache_dir"] or self.out_dir / "must3r_cache"
