@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from threeam_model.interface import Tracker
+from threeam_model.knobs import knob
+from threeam_model.streaming.policies import MEMORY_POLICIES
 
 if TYPE_CHECKING:
     from threeam_model.reid import ReIDConfig
@@ -61,12 +63,34 @@ class TrackerConfig:
     threeam_checkpoint: str | None = None  # 3AM checkpoint (merger + fine-tuned heads); None = untrained merger
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     dtype: str = "float32"  # "float32", or "bfloat16" to run the models under autocast
-    max_objects: int = 16  # tracked at once; a new id beyond it is refused
-    max_conditioning_frames: int = 8  # per object, prompted frames kept in memory
-    must3r_max_keyframes: int = 32  # MUSt3R memory cap (images): fewer is faster, more is more accurate
-    batch_objects: bool = True  # objects with one memory layout in one batch (False: the official per-object step)
+    # the tracker's caps and memory, declared as knobs: the node's tracker.* parameters and threeam-track's options
+    # are derived from these (threeam_model/knobs.py)
+    max_objects: int = knob(
+        16, "Most objects tracked at once; add_prompt for a new id beyond it is refused.", min_value=1
+    )
+    max_conditioning_frames: int = knob(
+        8, "Per object, the most prompted frames kept in memory (the oldest leaves first).", min_value=1
+    )
+    must3r_max_keyframes: int = knob(
+        32,
+        "MUSt3R memory cap in images (method 3am). Fewer is faster: the decoder attends to every memory image "
+        "(official MUSt3R online at 512 px: 25.0 / 17.4 / 12.1 FPS with 10 / 20 / all images; 224 px: "
+        "86.3 / 59.5 / 40.4). More is more accurate on long or looping sequences: an evicted view no longer "
+        "anchors new frames, and its region counts as unseen again.",
+        min_value=1,
+    )
+    batch_objects: bool = knob(
+        True,
+        "Track objects whose memories have the same layout in one batch (faster with many objects; equal to the "
+        "per-object official step to float32 rounding). false: one object at a time, bit for bit the official step.",
+    )
     compile: bool = False  # torch.compile the image encoder (and 3AM's merger); CUDA graphs on CUDA
-    memory_policy: str = "sam2"  # per-object memory: sam2 (official), dam4sam, sam2long (streaming.policies)
+    memory_policy: str = knob(
+        "sam2",
+        "Per-object memory selection: sam2 (the official rule), dam4sam (distractor-aware memory) or sam2long "
+        "(memory tree of 3 pathways; its authors' code is CC BY-NC 4.0), at their published hyperparameters.",
+        choices=MEMORY_POLICIES,
+    )
     memory_policy_args: dict = dataclasses.field(default_factory=dict)  # hyperparameters of that policy
     backend: str = "torch"  # per-frame modules: torch, or onnxruntime (threeam-export's files in onnx_dir)
     onnx_dir: str | None = None  # folder written by threeam-export (backend onnxruntime)
@@ -92,8 +116,6 @@ class TrackerConfig:
             raise ValueError(f"reid must be one of {REID_SOURCES}, got {self.reid!r}")
         if not self.reid_depth_scale > 0:
             raise ValueError(f"reid_depth_scale must be > 0 metres per unit, got {self.reid_depth_scale}")
-        from threeam_model.streaming.policies import MEMORY_POLICIES
-
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "onnxruntime" and not self.onnx_dir:

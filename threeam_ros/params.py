@@ -183,41 +183,7 @@ PARAMS: tuple[Param, ...] = (
         "its error transition to unconfigured; a single failure costs only its frame.",
         min_value=1,
     ),
-    # ---- tracker state caps
-    Param(
-        "tracker.max_objects",
-        16,
-        "Most objects tracked at once; add_prompt for a new id beyond it is refused.",
-        min_value=1,
-    ),
-    Param(
-        "tracker.must3r_max_keyframes",
-        32,
-        "MUSt3R memory cap in images (method 3am). Fewer is faster: the decoder attends to every memory image "
-        "(official MUSt3R online at 512 px: 25.0 / 17.4 / 12.1 FPS with 10 / 20 / all images; 224 px: "
-        "86.3 / 59.5 / 40.4). More is more accurate on long or looping sequences: an evicted view no longer "
-        "anchors new frames, and its region counts as unseen again.",
-        min_value=1,
-    ),
-    Param(
-        "tracker.memory_policy",
-        "sam2",
-        "Per-object memory selection: sam2 (the official rule), dam4sam (distractor-aware memory) or sam2long "
-        "(memory tree of 3 pathways; its authors' code is CC BY-NC 4.0), at their published hyperparameters.",
-        choices=("sam2", "dam4sam", "sam2long"),
-    ),
-    Param(
-        "tracker.batch_objects",
-        True,
-        "Track objects whose memories have the same layout in one batch (faster with many objects; equal to the "
-        "per-object official step to float32 rounding). false: one object at a time, bit for bit the official step.",
-    ),
-    Param(
-        "tracker.max_conditioning_frames",
-        8,
-        "Per object, the most prompted frames kept in memory (the oldest leaves first).",
-        min_value=1,
-    ),
+    # ---- tracker caps and memory: tracker.* are derived from TrackerConfig's knobs (TRACKER_KNOBS, below)
     # ---- prompts without typing coordinates: clicks and discovery
     Param(
         "prompt.clicks",
@@ -399,8 +365,20 @@ def _reid_thresholds() -> tuple[Param, ...]:
     )
 
 
+def _tracker_knobs() -> tuple[Param, ...]:
+    """tracker.<field> for the caps and memory of threeam_model's TrackerConfig (its declared knobs)."""
+    from threeam_model.factory import TrackerConfig
+    from threeam_model.knobs import knobs_of
+
+    return tuple(
+        Param(f"tracker.{k.name}", k.default, k.description, k.choices, False, k.min_value, k.max_value)
+        for k in knobs_of(TrackerConfig)
+    )
+
+
+TRACKER_KNOBS = _tracker_knobs()
 REID_THRESHOLDS = _reid_thresholds()
-PARAMS += REID_THRESHOLDS
+PARAMS += TRACKER_KNOBS + REID_THRESHOLDS
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}
 
 
@@ -471,15 +449,11 @@ def tracker_config(cfg: dict):
             threeam_checkpoint=checkpoint("model.threeam_checkpoint"),
             device=cfg["model.device"],
             dtype=cfg["model.dtype"],
-            max_objects=cfg["tracker.max_objects"],
-            max_conditioning_frames=cfg["tracker.max_conditioning_frames"],
-            batch_objects=cfg["tracker.batch_objects"],
-            memory_policy=cfg["tracker.memory_policy"],
+            **{p.name.removeprefix("tracker."): cfg[p.name] for p in TRACKER_KNOBS},
             compile=cfg["model.compile"],
             backend=cfg["model.backend"],
             onnx_dir=cfg["model.onnx_dir"] or None,
             onnx_providers=tuple(p.strip() for p in cfg["model.onnx_providers"].split(",") if p.strip()),
-            must3r_max_keyframes=cfg["tracker.must3r_max_keyframes"],
             tiny=tiny,
             seed=cfg["model.seed"],
             reid=cfg["reid.source"] if cfg["reid.enabled"] else "off",

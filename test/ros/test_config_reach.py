@@ -1,6 +1,7 @@
-"""One name and one default per knob: every re-identification threshold (ReIDConfig's declared knobs) is a node
-parameter and a threeam-track option with the same default and description, derived rather than listed, and a value
-set there reaches the tracker's config; the training config's MUSt3R memory cap is the tracker's knob and default."""
+"""One name and one default per knob: every re-identification threshold (ReIDConfig's declared knobs) and the
+tracker's caps and memory policy (TrackerConfig's knobs) are node parameters and threeam-track options with the same
+default and description, derived rather than listed, and a value set there reaches the tracker's config; the
+training config's MUSt3R memory cap is the tracker's knob and default."""
 
 import dataclasses
 
@@ -14,6 +15,23 @@ from threeam_model.train.config import DEFAULTS
 from threeam_ros.params import PARAMS_BY_NAME, check_value, tracker_config
 
 KNOBS = knobs_of(ReIDConfig)
+TRACKER_KNOBS = knobs_of(TrackerConfig)
+
+
+def test_the_trackers_caps_and_memory_are_knobs():
+    names = {k.name for k in TRACKER_KNOBS}
+    assert {"max_objects", "max_conditioning_frames", "must3r_max_keyframes", "batch_objects", "memory_policy"} <= names
+
+
+@pytest.mark.parametrize("k", TRACKER_KNOBS, ids=lambda k: k.name)
+def test_each_tracker_knob_is_a_node_parameter_and_a_cli_option_with_its_default(k):
+    param = PARAMS_BY_NAME[f"tracker.{k.name}"]
+    assert param.default == k.default and type(param.default) is type(k.default)
+    assert param.description == k.description and tuple(param.choices) == tuple(k.choices)
+    args = cli.build_parser().parse_args(["clip.mp4"])
+    assert getattr(args, k.name) == k.default
+    cfg = {name: p.default for name, p in PARAMS_BY_NAME.items()}
+    assert getattr(tracker_config(cfg), k.name) == k.default
 
 
 def test_every_reid_field_is_a_declared_knob():
@@ -35,11 +53,16 @@ def test_each_reid_knob_is_a_node_parameter_and_a_cli_option_with_its_default(k)
 def test_values_set_on_the_node_or_the_cli_reach_the_tracker_config():
     cfg = {name: p.default for name, p in PARAMS_BY_NAME.items()}
     cfg.update({"reid.enabled": True, "reid.source": "rgbd", "reid.max_voxels": 50, "reid.prompt": "box"})
+    cfg.update({"tracker.max_objects": 3, "tracker.batch_objects": False})
     built = tracker_config(cfg)
     assert built.reid == "rgbd" and built.reid_config == ReIDConfig(max_voxels=50, prompt="box")
+    assert (built.max_objects, built.batch_objects) == (3, False)
     assert check_value(PARAMS_BY_NAME["reid.prompt"], "mask") and check_value(PARAMS_BY_NAME["reid.depth_tol"], -1.0)
     args = cli.build_parser().parse_args(["clip.mp4", "--reid-max-voxels", "50", "--no-reid-prompt-as-conditioning"])
     assert cli.reid_config_from_args(args) == ReIDConfig(max_voxels=50, prompt_as_conditioning=False)
+    args = cli.build_parser().parse_args(["clip.mp4", "--tiny", "--no-batch-objects", "--memory-policy", "dam4sam"])
+    built, _ = cli.config_from_args(args)
+    assert (built.batch_objects, built.memory_policy) == (False, "dam4sam")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["clip.mp4", "--reid-prompt", "mask"])
 

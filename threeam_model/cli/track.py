@@ -30,7 +30,6 @@ from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
 from threeam_model.interface import FrameResult
 from threeam_model.knobs import knobs_of
 from threeam_model.reid import ReIDConfig
-from threeam_model.streaming.policies import MEMORY_POLICIES
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PROG = "threeam-track"
@@ -411,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs; masks meaningless)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16: autocast")
-    m.add_argument("--max-objects", type=int, default=16, help="cap on tracked objects (default: 16)")
+    add_knob_options(m, TrackerConfig)  # --max-objects, --memory-policy, --batch-objects ...: TrackerConfig's knobs
     m.add_argument(
         "--reid",
         choices=("off", "rgbd", "must3r"),
@@ -419,20 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="geometric re-identification: rgbd (the demo clip's exact depth and poses; --demo only) or must3r",
     )
     m.add_argument("--compile", action="store_true", help="torch.compile the image encoder (+ merger); CUDA graphs")
-    m.add_argument("--per-object", action="store_true", help="official per-object step instead of batched objects")
-    m.add_argument("--memory-policy", choices=MEMORY_POLICIES, default="sam2", help="per-object memory (default: sam2)")
     m.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help="per-frame modules' runtime")
     m.add_argument("--onnx", help="folder written by threeam-export (with --backend onnxruntime)")
     m.add_argument("--onnx-providers", default="cpu", help="ONNX Runtime providers, comma list of cpu, cuda, tensorrt")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    r = p.add_argument_group("geometric re-identification thresholds (with --reid)")
-    for k in knobs_of(ReIDConfig):  # derived from ReIDConfig's knobs: one name, one default, one description
-        flag = "--reid-" + k.name.replace("_", "-")
-        if isinstance(k.default, bool):
-            r.add_argument(flag, action=argparse.BooleanOptionalAction, default=k.default, help=k.description)
-        else:
-            kind = type(k.default)
-            r.add_argument(flag, type=kind, choices=k.choices or None, default=k.default, help=k.description)
+    add_knob_options(p.add_argument_group("geometric re-identification thresholds (with --reid)"), ReIDConfig, "reid")
     o = p.add_argument_group("output")
     o.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
     o.add_argument("--no-video", action="store_true", help="do not write the overlay MP4")
@@ -444,6 +434,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _warn(msg: str) -> None:
     bar = "!" * 100
     print(f"\n{bar}\n{msg}\n{bar}\n", file=sys.stderr)
+
+
+def add_knob_options(group, config_cls, prefix: str = "") -> None:
+    """One option per knob of a config dataclass (--<prefix>-<name>), with its default, choices and description."""
+    for k in knobs_of(config_cls):
+        dest = f"{prefix}_{k.name}" if prefix else k.name
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(k.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=k.default, help=k.description)
+        else:
+            kind = type(k.default)
+            group.add_argument(flag, type=kind, choices=k.choices or None, default=k.default, help=k.description)
+
+
+def knob_values(args, config_cls) -> dict:
+    """The values of a config dataclass's knobs from options made by add_knob_options (no prefix)."""
+    return {k.name: getattr(args, k.name) for k in knobs_of(config_cls)}
 
 
 def reid_config_from_args(args) -> ReIDConfig:
@@ -461,11 +468,9 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
         method=args.method,
         device=args.device,
         dtype=args.dtype,
-        max_objects=args.max_objects,
         seed=args.seed,
         compile=args.compile,
-        batch_objects=not args.per_object,
-        memory_policy=args.memory_policy,
+        **knob_values(args, TrackerConfig),
         backend=args.backend,
         onnx_dir=args.onnx,
         onnx_providers=tuple(args.onnx_providers.split(",")),
