@@ -57,19 +57,22 @@ class TrackerConfig:
     method: str = "3am"  # "sam2" (plain streaming SAM 2) or "3am" (SAM 2 + MUSt3R + Feature Merger)
     variant: str = "l"  # SAM 2.1 backbone: t / s / b+ / l (or tiny / small / base_plus / large)
     image_size: int | None = None  # SAM 2 input side: 1024 (official) or 512; None = 1024 (64 when tiny)
-    must3r: str = "512"  # MUSt3R release: "224" or "512"
+    must3r: str = knob("512", "MUSt3R release for method 3am: 512 or 224.", choices=tuple(MUST3R_MODELS), group="model")
     sam2_checkpoint: str | None = "auto"  # path, "auto" (official file from the weights folder) or None (random)
     must3r_checkpoint: str | None = "auto"
     threeam_checkpoint: str | None = None  # 3AM checkpoint (merger + fine-tuned heads); None = untrained merger
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
-    dtype: str = "float32"  # "float32", or "bfloat16" to run the models under autocast
+    dtype: str = knob("float32", "Compute dtype (bfloat16 runs under autocast).", choices=DTYPES, group="model")
     # the tracker's caps and memory, declared as knobs: the node's tracker.* parameters and threeam-track's options
     # are derived from these (threeam_model/knobs.py)
     max_objects: int = knob(
-        16, "Most objects tracked at once; add_prompt for a new id beyond it is refused.", min_value=1
+        16, "Most objects tracked at once; add_prompt for a new id beyond it is refused.", min_value=1, group="tracker"
     )
     max_conditioning_frames: int = knob(
-        8, "Per object, the most prompted frames kept in memory (the oldest leaves first).", min_value=1
+        8,
+        "Per object, the most prompted frames kept in memory (the oldest leaves first).",
+        min_value=1,
+        group="tracker",
     )
     must3r_max_keyframes: int = knob(
         32,
@@ -78,21 +81,35 @@ class TrackerConfig:
         "86.3 / 59.5 / 40.4). More is more accurate on long or looping sequences: an evicted view no longer "
         "anchors new frames, and its region counts as unseen again.",
         min_value=1,
+        group="tracker",
     )
     batch_objects: bool = knob(
         True,
         "Track objects whose memories have the same layout in one batch (faster with many objects; equal to the "
         "per-object official step to float32 rounding). false: one object at a time, bit for bit the official step.",
+        group="tracker",
     )
-    compile: bool = False  # torch.compile the image encoder (and 3AM's merger); CUDA graphs on CUDA
+    compile: bool = knob(
+        False,
+        "torch.compile the image encoder (and the 3AM merger) with static shapes; CUDA graphs on a GPU. The first "
+        "frame then takes seconds to minutes.",
+        group="model",
+    )
     memory_policy: str = knob(
         "sam2",
         "Per-object memory selection: sam2 (the official rule), dam4sam (distractor-aware memory) or sam2long "
         "(memory tree of 3 pathways; its authors' code is CC BY-NC 4.0), at their published hyperparameters.",
         choices=MEMORY_POLICIES,
+        group="tracker",
     )
     memory_policy_args: dict = dataclasses.field(default_factory=dict)  # hyperparameters of that policy
-    backend: str = "torch"  # per-frame modules: torch, or onnxruntime (threeam-export's files in onnx_dir)
+    backend: str = knob(
+        "torch",
+        "Runtime of the per-frame modules: torch, or onnxruntime (the files threeam-export wrote, in model.onnx_dir); "
+        "prompts always run in PyTorch.",
+        choices=BACKENDS,
+        group="model",
+    )
     onnx_dir: str | None = None  # folder written by threeam-export (backend onnxruntime)
     onnx_providers: tuple[str, ...] = ("cpu",)  # ONNX Runtime execution providers: cpu, cuda, tensorrt
     tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)

@@ -19,21 +19,24 @@ class Knob:
     choices: tuple = ()
     min_value: float | None = None
     max_value: float | None = None
+    group: str = ""  # which part of a front end offers it (the node: its parameter prefix, e.g. "model")
 
 
-def knob(default, description: str, choices: tuple = (), min_value=None, max_value=None):
+def knob(default, description: str, choices: tuple = (), min_value=None, max_value=None, group: str = ""):
     """A dataclass field with its meaning and allowed values attached (see `knobs_of`)."""
-    meta = {"knob": (description, tuple(choices), min_value, max_value)}
+    meta = {"knob": (description, tuple(choices), min_value, max_value, group)}
     return dataclasses.field(default=default, metadata=meta)
 
 
-def knobs_of(cls) -> list[Knob]:
-    """The declared knobs of a config dataclass, in field order (fields without knob metadata are left out)."""
+def knobs_of(cls, group: str | None = None) -> list[Knob]:
+    """The declared knobs of a config dataclass (of one group, if given), in field order; fields without knob
+    metadata are left out."""
     out = []
     for f in dataclasses.fields(cls):
         if "knob" in f.metadata:
-            description, choices, low, high = f.metadata["knob"]
-            out.append(Knob(f.name, f.default, description, choices, low, high))
+            description, choices, low, high, where = f.metadata["knob"]
+            if group is None or where == group:
+                out.append(Knob(f.name, f.default, description, choices, low, high, where))
     return out
 
 

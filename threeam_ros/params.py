@@ -130,19 +130,12 @@ PARAMS: tuple[Param, ...] = (
         "auto",
         "MUSt3R checkpoint for method 3am: a path, or auto (the weights folder).",
     ),
-    Param("model.must3r", "512", "MUSt3R release for method 3am: 512 or 224.", choices=("512", "224")),
     Param(
         "model.device",
         "auto",
         "Torch device: auto (cuda if available), cuda, cuda:N or cpu. A device this torch cannot use is refused "
         "at configure.",
         constraint="auto, cpu, cuda or cuda:N",
-    ),
-    Param(
-        "model.dtype",
-        "float32",
-        "Compute dtype (bfloat16 runs under autocast).",
-        choices=("float32", "bfloat16"),
     ),
     Param(
         "model.image_size",
@@ -154,19 +147,6 @@ PARAMS: tuple[Param, ...] = (
         "model.random_weights_tiny",
         False,
         "TESTS AND DEMOS ONLY: a tiny SAM 2 with random weights, no checkpoint; its masks are meaningless.",
-    ),
-    Param(
-        "model.compile",
-        False,
-        "torch.compile the image encoder (and the 3AM merger) with static shapes; CUDA graphs on a GPU. The first "
-        "frame then takes seconds to minutes.",
-    ),
-    Param(
-        "model.backend",
-        "torch",
-        "Runtime of the per-frame modules: torch, or onnxruntime (the files threeam-export wrote, in "
-        "model.onnx_dir); prompts always run in PyTorch.",
-        choices=("torch", "onnxruntime"),
     ),
     Param("model.onnx_dir", "", "Folder written by threeam-export (model.backend onnxruntime)."),
     Param(
@@ -183,7 +163,8 @@ PARAMS: tuple[Param, ...] = (
         "its error transition to unconfigured; a single failure costs only its frame.",
         min_value=1,
     ),
-    # ---- tracker caps and memory: tracker.* are derived from TrackerConfig's knobs (TRACKER_KNOBS, below)
+    # ---- tracker caps and memory: tracker.* are derived from TrackerConfig's knobs (TRACKER_KNOBS, below), and so
+    # are model.must3r, model.dtype, model.compile and model.backend (MODEL_KNOBS)
     # ---- prompts without typing coordinates: clicks and discovery
     Param(
         "prompt.clicks",
@@ -365,20 +346,21 @@ def _reid_thresholds() -> tuple[Param, ...]:
     )
 
 
-def _tracker_knobs() -> tuple[Param, ...]:
-    """tracker.<field> for the caps and memory of threeam_model's TrackerConfig (its declared knobs)."""
+def _tracker_knobs(group: str) -> tuple[Param, ...]:
+    """<group>.<field> for the knobs of threeam_model's TrackerConfig in that group (model, tracker)."""
     from threeam_model.factory import TrackerConfig
     from threeam_model.knobs import knobs_of
 
     return tuple(
-        Param(f"tracker.{k.name}", k.default, k.description, k.choices, False, k.min_value, k.max_value)
-        for k in knobs_of(TrackerConfig)
+        Param(f"{group}.{k.name}", k.default, k.description, k.choices, False, k.min_value, k.max_value)
+        for k in knobs_of(TrackerConfig, group)
     )
 
 
-TRACKER_KNOBS = _tracker_knobs()
+MODEL_KNOBS = _tracker_knobs("model")
+TRACKER_KNOBS = _tracker_knobs("tracker")
 REID_THRESHOLDS = _reid_thresholds()
-PARAMS += TRACKER_KNOBS + REID_THRESHOLDS
+PARAMS += MODEL_KNOBS + TRACKER_KNOBS + REID_THRESHOLDS
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}
 
 
@@ -443,15 +425,11 @@ def tracker_config(cfg: dict):
             method=method,
             variant=cfg["model.variant"],
             image_size=cfg["model.image_size"],
-            must3r=cfg["model.must3r"],
             sam2_checkpoint=checkpoint("model.sam2_checkpoint"),
             must3r_checkpoint=checkpoint("model.must3r_checkpoint"),
             threeam_checkpoint=checkpoint("model.threeam_checkpoint"),
             device=cfg["model.device"],
-            dtype=cfg["model.dtype"],
-            **{p.name.removeprefix("tracker."): cfg[p.name] for p in TRACKER_KNOBS},
-            compile=cfg["model.compile"],
-            backend=cfg["model.backend"],
+            **{p.name.split(".", 1)[1]: cfg[p.name] for p in MODEL_KNOBS + TRACKER_KNOBS},
             onnx_dir=cfg["model.onnx_dir"] or None,
             onnx_providers=tuple(p.strip() for p in cfg["model.onnx_providers"].split(",") if p.strip()),
             tiny=tiny,

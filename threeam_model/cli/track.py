@@ -409,16 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--random-weights", action="store_true", help="do not look for weights: random ones")
     m.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs; masks meaningless)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16: autocast")
-    add_knob_options(m, TrackerConfig)  # --max-objects, --memory-policy, --batch-objects ...: TrackerConfig's knobs
+    # TrackerConfig's knobs: --dtype, --compile, --backend, --max-objects, --memory-policy, --batch-objects ...
+    # (its must3r knob is --must3r above: the demo defaults to 224)
+    add_knob_options(m, TrackerConfig, groups=("model", "tracker"), skip=("must3r",))
     m.add_argument(
         "--reid",
         choices=("off", "rgbd", "must3r"),
         default="off",
         help="geometric re-identification: rgbd (the demo clip's exact depth and poses; --demo only) or must3r",
     )
-    m.add_argument("--compile", action="store_true", help="torch.compile the image encoder (+ merger); CUDA graphs")
-    m.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help="per-frame modules' runtime")
     m.add_argument("--onnx", help="folder written by threeam-export (with --backend onnxruntime)")
     m.add_argument("--onnx-providers", default="cpu", help="ONNX Runtime providers, comma list of cpu, cuda, tensorrt")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -436,9 +435,12 @@ def _warn(msg: str) -> None:
     print(f"\n{bar}\n{msg}\n{bar}\n", file=sys.stderr)
 
 
-def add_knob_options(group, config_cls, prefix: str = "") -> None:
-    """One option per knob of a config dataclass (--<prefix>-<name>), with its default, choices and description."""
+def add_knob_options(group, config_cls, prefix: str = "", groups=None, skip=()) -> None:
+    """One option per knob of a config dataclass (--<prefix>-<name>), with its default, choices and description;
+    groups: only the knobs of these groups; skip: knob names offered otherwise."""
     for k in knobs_of(config_cls):
+        if (groups is not None and k.group not in groups) or k.name in skip:
+            continue
         dest = f"{prefix}_{k.name}" if prefix else k.name
         flag = "--" + dest.replace("_", "-")
         if isinstance(k.default, bool):
@@ -448,9 +450,9 @@ def add_knob_options(group, config_cls, prefix: str = "") -> None:
             group.add_argument(flag, type=kind, choices=k.choices or None, default=k.default, help=k.description)
 
 
-def knob_values(args, config_cls) -> dict:
+def knob_values(args, config_cls, skip=()) -> dict:
     """The values of a config dataclass's knobs from options made by add_knob_options (no prefix)."""
-    return {k.name: getattr(args, k.name) for k in knobs_of(config_cls)}
+    return {k.name: getattr(args, k.name) for k in knobs_of(config_cls) if k.name not in skip and hasattr(args, k.name)}
 
 
 def reid_config_from_args(args) -> ReIDConfig:
@@ -467,11 +469,8 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
     common = dict(
         method=args.method,
         device=args.device,
-        dtype=args.dtype,
         seed=args.seed,
-        compile=args.compile,
-        **knob_values(args, TrackerConfig),
-        backend=args.backend,
+        **knob_values(args, TrackerConfig, skip=("must3r",)),
         onnx_dir=args.onnx,
         onnx_providers=tuple(args.onnx_providers.split(",")),
         reid=args.reid,

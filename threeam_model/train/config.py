@@ -42,7 +42,7 @@ DEFAULTS: dict = {
         "method": "3am",  # "3am" (merger + fine-tuned heads) or "sam2" (plain SAM 2 fine-tuning baseline)
         "variant": "l",  # SAM 2.1 backbone (paper: large)
         "image_size": None,  # SAM 2 input side (None: 1024, or 64 when tiny)
-        "must3r": "512",
+        "must3r": _tracker_default("must3r"),
         "sam2_checkpoint": "auto",
         "must3r_checkpoint": "auto",
         "init_checkpoint": None,  # a 3AM checkpoint to start from (merger + heads)
