@@ -82,6 +82,13 @@ class ObjectResult:
             mask[y0 : y1 + 1, x0 : x1 + 1] = self._window
         return mask
 
+    def covers(self, x: int, y: int) -> bool:
+        """Whether frame pixel (x, y) is in the mask (read from the box window, without the full-frame mask)."""
+        if self.box is None:
+            return False
+        x0, y0, x1, y1 = self.box
+        return x0 <= x <= x1 and y0 <= y <= y1 and bool(self._window[y - y0, x - x0])
+
     @property
     def window(self) -> np.ndarray | None:
         """The mask inside its box (box rows x box columns, bool); None when the mask is empty."""

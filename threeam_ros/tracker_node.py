@@ -146,7 +146,6 @@ class TrackerNode(LifecycleNode):
         self._input_lock = threading.RLock()  # the camera subscription: re-subscribed by the diagnostics timer
         self._input_reliable = False  # the camera subscription's reliability (input.qos auto: the camera's)
         self._lost_counted = False  # whether the rmw reports lost messages (Fast DDS does)
-        self._frames_lost = 0
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -342,10 +341,9 @@ class TrackerNode(LifecycleNode):
         n = int(info.total_count_change)
         if n <= 0:
             return
-        self._frames_lost += n
         self._stats.count("frames_lost", n)
         profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
-        text = lost_frames_problem(n, self._frames_lost, self._image_topic, profile)
+        text = lost_frames_problem(n, self._stats.totals["frames_lost"], self._image_topic, profile)
         self._stats.problem(text)
         self._warn_throttled("frames lost", text, period=10.0)
 
@@ -559,7 +557,8 @@ class TrackerNode(LifecycleNode):
         self._newest_geometry = geometry  # for the 3D outputs of this frame, also when a prompt republishes it
         self._publish(msg.header, rgb, result.objects, labels)
         every = self.get_parameter("discover.every_n_frames").value
-        if every and (self._stats.snapshot()["totals"]["frames_processed"] + 1) % every == 0:
+        # the count, not snapshot(): a snapshot resets the latencies /diagnostics reports
+        if every and (self._stats.totals["frames_processed"] + 1) % every == 0:
             self._discover_now(0, "periodic discovery")
         t3 = time.perf_counter()
         self._stats.count("frames_processed")
@@ -751,7 +750,7 @@ class TrackerNode(LifecycleNode):
             h, w = snap.rgb.shape[:2]
             if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < w and 0 <= y < h):
                 raise PromptError(f"click ({x}, {y}) is outside the {w}x{h} image")
-            under = [i for i, o in sorted(snap.objects.items()) if o.visible and o.mask[int(y), int(x)]]
+            under = [i for i, o in sorted(snap.objects.items()) if o.covers(int(x), int(y))]
             if not positive:
                 if self._last_clicked is None or self._last_clicked not in snap.objects:
                     raise PromptError("a negative click needs an object clicked before it")

@@ -37,6 +37,14 @@ def test_object_result_box_and_visibility():
     assert not empty.visible and empty.box is None
 
 
+def test_covers_reads_the_mask_at_a_pixel():
+    obj = _obj(1, [[-1, -1, -1], [-1, 2, 3], [-1, 1, -1]])
+    for y in range(3):
+        for x in range(3):
+            assert obj.covers(x, y) == bool(obj.mask[y, x]), (x, y)
+    assert not _obj(2, np.full((3, 3), -1.0)).covers(1, 1)
+
+
 @pytest.mark.parametrize(
     "frame, message",
     [
