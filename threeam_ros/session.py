@@ -215,13 +215,7 @@ class TrackingSession:
                 raise StaleFrameError(frame_key, self._frame_key(newest))
             is_new = obj_id not in tracker.object_ids
             result = tracker.add_prompt(obj_id, points=points, labels=labels, box=box, mask=mask)
-            with self._state_lock:
-                objects = {**self._snapshot.objects, obj_id: result}
-                self._snapshot = dataclasses.replace(self._snapshot, objects=objects)
-            if publish is not None:
-                rgb = self._snapshot.rgb
-                label_image = FrameResult(tracker.frame_index, rgb.shape[:2], objects).label_image(np.uint16)
-                publish(newest, rgb, objects, label_image)
+            self._add_objects_locked(tracker, {obj_id: result}, publish)
         return PromptOutcome(result, is_new, newest)
 
     def discover(self, generate, settings, max_objects: int, publish: PublishFn | None = None):
@@ -235,15 +229,19 @@ class TrackingSession:
             if snap.rgb is None:
                 raise NoFrameError("no frame tracked yet (or since the last reset)")
             found = discover(tracker, snap.rgb, snap.objects, generate, settings, max_objects)
-            if not found:
-                return found, snap.frame
-            with self._state_lock:
-                objects = {**self._snapshot.objects, **{d.obj_id: d.result for d in found}}
-                self._snapshot = dataclasses.replace(self._snapshot, objects=objects)
-            if publish is not None:
-                label_image = FrameResult(tracker.frame_index, snap.rgb.shape[:2], objects).label_image(np.uint16)
-                publish(snap.frame, snap.rgb, objects, label_image)
+            if found:
+                self._add_objects_locked(tracker, {d.obj_id: d.result for d in found}, publish)
         return found, snap.frame
+
+    def _add_objects_locked(self, tracker: Tracker, results: dict[int, ObjectResult], publish: PublishFn | None):
+        """Put prompted objects' results into the newest frame's snapshot, and republish that frame with them."""
+        with self._state_lock:
+            objects = {**self._snapshot.objects, **results}
+            self._snapshot = dataclasses.replace(self._snapshot, objects=objects)
+        if publish is not None:
+            snap = self._snapshot
+            label_image = FrameResult(tracker.frame_index, snap.rgb.shape[:2], objects).label_image(np.uint16)
+            publish(snap.frame, snap.rgb, objects, label_image)
 
     def sam2_model(self):
         """The SAM2Base under the tracker (and its re-identification wrapper): discovery's mask generator runs on
