@@ -44,9 +44,7 @@ def draw_overlay(
     out = rgb.copy()
     if not ids:
         return out
-    lut = np.zeros((len(counts), 3), np.uint8)
-    for obj_id in ids:
-        lut[obj_id] = object_color(obj_id) if colors is None else colors[obj_id]
+    lut = color_table(ids, len(counts), colors)
     blended = cv2.addWeighted(rgb, 1.0 - alpha, np.take(lut, labels, axis=0), alpha, 0.0)
     cv2.copyTo(blended, (labels > 0).view(np.uint8), out)
     if outlines:
@@ -55,6 +53,21 @@ def draw_overlay(
     if captions:
         _caption_ids(out, labels, ids, len(counts), lut)
     return out
+
+
+def color_table(ids, size: int, colors: np.ndarray | None = None) -> np.ndarray:
+    """(size, 3) uint8 id -> RGB: each of `ids` in its colour (`colors[id]`, or `object_color`), the rest black."""
+    lut = np.zeros((size, 3), np.uint8)
+    for obj_id in ids:
+        lut[obj_id] = object_color(int(obj_id)) if colors is None else colors[obj_id]
+    return lut
+
+
+def color_labels(labels: np.ndarray) -> np.ndarray:
+    """(H, W) ids -> (H, W, 3) rgb8: background black, each object in its overlay colour (mono16 looks black)."""
+    ids = np.unique(labels)
+    size = int(ids[-1]) + 1 if ids.size else 1
+    return np.take(color_table(ids[ids > 0], size), labels, axis=0)
 
 
 def draw_outlines(img: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:

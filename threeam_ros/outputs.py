@@ -35,6 +35,7 @@ from vision_msgs.msg import (
 from visualization_msgs.msg import Marker, MarkerArray
 
 from threeam_interfaces.msg import TrackedObject, TrackedObjectArray
+from threeam_model import viz
 from threeam_model.interface import ObjectResult
 from threeam_ros import conversions
 from threeam_ros.conversions import ConversionError
@@ -148,7 +149,7 @@ class FrameOutputs:
         if opts.overlay and _wanted(self.overlay_camera_info):
             self.overlay_camera_info.publish(camera_info_for(self._camera_info, header, labels.shape))
         if opts.labels_color and _wanted(self.labels_color):
-            self.labels_color.publish(conversions.rgb_to_image(color_labels(labels), header))
+            self.labels_color.publish(conversions.rgb_to_image(viz.color_labels(labels), header))
         return problems
 
 
@@ -216,15 +217,6 @@ def camera_info_for(camera: CameraInfo | None, header, shape: tuple[int, int]) -
         msg.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
     msg.header, msg.width, msg.height = header, w, h
     return msg
-
-
-def color_labels(labels: np.ndarray) -> np.ndarray:
-    """(H, W) ids -> (H, W, 3) rgb8: background black, each object in its overlay colour (mono16 looks black)."""
-    ids = np.unique(labels)
-    lut = np.zeros((int(ids[-1]) + 1 if ids.size else 1, 3), np.uint8)
-    for obj_id in ids[ids > 0]:
-        lut[obj_id] = conversions.object_color(int(obj_id))
-    return np.take(lut, labels, axis=0)
 
 
 def labels_to_png(label_msg: Image) -> CompressedImage:

@@ -6,6 +6,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 
+from threeam_model import viz
 from threeam_model.interface import ObjectResult
 from threeam_ros import conversions, outputs
 
@@ -52,7 +53,7 @@ def test_color_labels_use_the_overlay_colours():
     labels = np.zeros((5, 6), np.uint16)
     labels[1:3, 1:4] = 7
     labels[4, :] = 300
-    rgb = outputs.color_labels(labels)
+    rgb = viz.color_labels(labels)
     assert rgb.shape == (5, 6, 3) and rgb.dtype == np.uint8 and not rgb[labels == 0].any()
     assert (rgb[labels == 7] == conversions.object_color(7)).all()
     assert (rgb[labels == 300] == conversions.object_color(300)).all()
