@@ -334,32 +334,29 @@ PARAMS: tuple[Param, ...] = (
 )
 
 
-def _reid_thresholds() -> tuple[Param, ...]:
-    """reid.<field> for every threshold of threeam_model's ReIDConfig, derived from its declared knobs (name,
-    default, description, choices, range): one name and one default, kept there."""
+def _knob_params(config_cls, prefix: str, group: str | None = None) -> tuple[Param, ...]:
+    """<prefix>.<field> for the declared knobs of a threeam_model config (of one group, if given): name, default,
+    description, choices and range come from the config, so they are kept in one place."""
     from threeam_model.knobs import knobs_of
+
+    return tuple(
+        Param(f"{prefix}.{k.name}", k.default, k.description, k.choices, False, k.min_value, k.max_value)
+        for k in knobs_of(config_cls, group)
+    )
+
+
+def _derived_params() -> tuple[tuple[Param, ...], ...]:
+    from threeam_model.factory import TrackerConfig
     from threeam_model.reid import ReIDConfig
 
-    return tuple(
-        Param(f"reid.{k.name}", k.default, k.description, k.choices, False, k.min_value, k.max_value)
-        for k in knobs_of(ReIDConfig)
+    return (
+        _knob_params(TrackerConfig, "model", "model"),
+        _knob_params(TrackerConfig, "tracker", "tracker"),
+        _knob_params(ReIDConfig, "reid"),  # every re-identification threshold
     )
 
 
-def _tracker_knobs(group: str) -> tuple[Param, ...]:
-    """<group>.<field> for the knobs of threeam_model's TrackerConfig in that group (model, tracker)."""
-    from threeam_model.factory import TrackerConfig
-    from threeam_model.knobs import knobs_of
-
-    return tuple(
-        Param(f"{group}.{k.name}", k.default, k.description, k.choices, False, k.min_value, k.max_value)
-        for k in knobs_of(TrackerConfig, group)
-    )
-
-
-MODEL_KNOBS = _tracker_knobs("model")
-TRACKER_KNOBS = _tracker_knobs("tracker")
-REID_THRESHOLDS = _reid_thresholds()
+MODEL_KNOBS, TRACKER_KNOBS, REID_THRESHOLDS = _derived_params()
 PARAMS += MODEL_KNOBS + TRACKER_KNOBS + REID_THRESHOLDS
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}
 

@@ -450,14 +450,15 @@ def add_knob_options(group, config_cls, prefix: str = "", groups=None, skip=()) 
             group.add_argument(flag, type=kind, choices=k.choices or None, default=k.default, help=k.description)
 
 
-def knob_values(args, config_cls, skip=()) -> dict:
-    """The values of a config dataclass's knobs from options made by add_knob_options (no prefix)."""
-    return {k.name: getattr(args, k.name) for k in knobs_of(config_cls) if k.name not in skip and hasattr(args, k.name)}
+def knob_values(args, config_cls, prefix: str = "", skip=()) -> dict:
+    """The values of a config dataclass's knobs from the options add_knob_options made (same prefix)."""
+    knobs = [k for k in knobs_of(config_cls) if k.name not in skip]
+    return {k.name: getattr(args, f"{prefix}_{k.name}" if prefix else k.name) for k in knobs}
 
 
 def reid_config_from_args(args) -> ReIDConfig:
     """The re-identification thresholds given as --reid-<name> (ReIDConfig's defaults where not given)."""
-    return ReIDConfig(**{k.name: getattr(args, f"reid_{k.name}") for k in knobs_of(ReIDConfig)})
+    return ReIDConfig(**knob_values(args, ReIDConfig, prefix="reid"))
 
 
 def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
