@@ -207,9 +207,10 @@ def main(argv=None) -> int:
             print(f"  budget of {args.budget:.0f} s spent: skipping SAM 2.1-{variant} + MUSt3R-{must3r}")
             continue
         if args.tiny:
-            cfg = TrackerConfig(tiny=True, device=device, dtype=dtype)
+            cfg = TrackerConfig(tiny=True, method="3am", device=device, dtype=dtype)
         else:
             cfg = TrackerConfig(
+                method="3am",
                 variant=variant,
                 must3r=must3r,
                 image_size=args.image_size,

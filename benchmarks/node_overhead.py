@@ -26,7 +26,7 @@ import ros_helpers as rh  # noqa: E402  (the node tests' harness: node process, 
 # name -> (frame width, height, encoding, node parameters on top of config/tracker.yaml)
 TINY = {**rh.TINY}
 SAM2_T_512 = {
-    "model.random_weights_tiny": False,
+    "model.tiny": False,
     "model.sam2_checkpoint": "",  # random full-size weights: the timing of SAM 2.1-tiny without its checkpoint
     "model.variant": "tiny",
     "model.image_size": 512,

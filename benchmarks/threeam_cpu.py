@@ -88,7 +88,7 @@ def per_frame_costs(cfg: TrackerConfig, frames: np.ndarray, warmup: int) -> dict
 
 def long_stream(n: int, start: int, objects: int, seed: int) -> dict:
     """Tiny 3AM on an n-frame stream: per-frame time and RSS, compared between frames [start, start+w) and the end."""
-    cfg = TrackerConfig(tiny=True, seed=seed, must3r_max_keyframes=8, max_conditioning_frames=4)
+    cfg = TrackerConfig(tiny=True, seed=seed, method="3am", must3r_max_keyframes=8, max_conditioning_frames=4)
     tracker = build_tracker(cfg)
     clip = frames_for(60, 96, 72, seed)
     proc = psutil.Process()
@@ -154,6 +154,7 @@ def main(argv=None) -> int:
 
     if not args.skip_full:
         cfg = TrackerConfig(
+            method="3am",
             variant=args.variant,
             image_size=args.image_size,
             must3r=args.must3r,

@@ -36,7 +36,7 @@ PARAMETER_ARGUMENTS = {
 }
 # launch argument -> boolean node parameter it overrides when not empty ("true" or "false")
 BOOLEAN_ARGUMENTS = {
-    "random_weights": "model.random_weights_tiny",
+    "random_weights": "model.tiny",
     "autostart": "lifecycle.autostart",
 }
 # launch argument -> (topic name inside the node, default target)

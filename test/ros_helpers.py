@@ -23,7 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "tracker.yaml"
 NODE = "/threeam_tracker"
 # A tiny random-weight SAM 2 on one CPU thread: what every node test runs.
-TINY = {"model.random_weights_tiny": True, "model.image_size": 64, "model.device": "cpu", "model.cpu_threads": 1}
+TINY = {"model.tiny": True, "model.image_size": 64, "model.device": "cpu", "model.cpu_threads": 1}
 W, H = 128, 96
 
 

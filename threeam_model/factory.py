@@ -52,19 +52,89 @@ TINY_MUST3R_TABLE = {1.0: (64, 64), 4 / 3: (64, 48)}
 
 @dataclasses.dataclass
 class TrackerConfig:
-    """Everything needed to build a tracker. Defaults: the paper's 3AM (SAM 2.1-L at 1024, MUSt3R 512)."""
+    """Everything needed to build a tracker. Every field is a knob (threeam_model/knobs.py): the node's model.*,
+    tracker.* and reid.* parameters, threeam-track's options and the training config's model section are derived
+    from these declarations, with these names and defaults. The paper's 3AM is method 3am, variant large,
+    MUSt3R 512 with a trained 3AM checkpoint."""
 
-    method: str = "3am"  # "sam2" (plain streaming SAM 2) or "3am" (SAM 2 + MUSt3R + Feature Merger)
-    variant: str = "l"  # SAM 2.1 backbone: t / s / b+ / l (or tiny / small / base_plus / large)
-    image_size: int | None = None  # SAM 2 input side: 1024 (official) or 512; None = 1024 (64 when tiny)
+    # ---- model: what is built, from which weights, where
+    method: str = knob(
+        "auto",
+        "sam2: plain streaming SAM 2; 3am: SAM 2 + MUSt3R + Feature Merger; auto: 3am when threeam_checkpoint is "
+        "set, else sam2 (an untrained merger tracks exactly like SAM 2, only slower).",
+        choices=("auto", *METHODS),
+        group="model",
+    )
+    variant: str = knob(
+        "tiny",
+        "SAM 2.1 backbone size (the paper: large).",
+        choices=("tiny", "small", "base_plus", "large"),
+        group="model",
+    )
+    image_size: int | None = knob(
+        None,
+        "SAM 2 input side: 1024 (official) or 512 (faster); 0: the model's own (1024, or 64 for tiny); with tiny "
+        "any multiple of 32.",
+        min_value=0,
+        group="model",
+        none_as=0,
+    )
     must3r: str = knob("512", "MUSt3R release for method 3am: 512 or 224.", choices=tuple(MUST3R_MODELS), group="model")
-    sam2_checkpoint: str | None = "auto"  # path, "auto" (official file from the weights folder) or None (random)
-    must3r_checkpoint: str | None = "auto"
-    threeam_checkpoint: str | None = None  # 3AM checkpoint (merger + fine-tuned heads); None = untrained merger
-    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
-    dtype: str = knob("float32", "Compute dtype (bfloat16 runs under autocast).", choices=DTYPES, group="model")
-    # the tracker's caps and memory, declared as knobs: the node's tracker.* parameters and threeam-track's options
-    # are derived from these (threeam_model/knobs.py)
+    sam2_checkpoint: str | None = knob(
+        "auto",
+        "Official SAM 2.1 checkpoint (.pt) of variant: a path, auto (the weights folder, filled by "
+        "threeam-download-weights), or empty for random weights (timing only; a warning says so).",
+        group="model",
+        none_as="",
+    )
+    must3r_checkpoint: str | None = knob(
+        "auto",
+        "MUSt3R checkpoint for method 3am: a path, auto (the weights folder), or empty for random weights.",
+        group="model",
+        none_as="",
+    )
+    threeam_checkpoint: str | None = knob(
+        None,
+        "3AM checkpoint (Feature Merger + fine-tuned heads), from threeam-train. Empty: none (method auto then "
+        "runs plain SAM 2, method 3am an untrained merger).",
+        group="model",
+        none_as="",
+    )
+    device: str = knob(
+        "auto",
+        "Torch device: auto (cuda if available), cuda, cuda:N or cpu. A device this torch cannot use is refused.",
+        group="model",
+    )
+    dtype: str = knob("float32", "Compute dtype (bfloat16 runs under autocast).", choices=tuple(DTYPES), group="model")
+    compile: bool = knob(
+        False,
+        "torch.compile the image encoder (and the 3AM merger) with static shapes; CUDA graphs on a GPU. The first "
+        "frame then takes seconds to minutes.",
+        group="model",
+    )
+    backend: str = knob(
+        "torch",
+        "Runtime of the per-frame modules: torch, or onnxruntime (the files threeam-export wrote, in onnx_dir); "
+        "prompts always run in PyTorch.",
+        choices=BACKENDS,
+        group="model",
+    )
+    onnx_dir: str | None = knob(
+        None, "Folder written by threeam-export (backend onnxruntime).", group="model", none_as=""
+    )
+    onnx_providers: tuple[str, ...] = knob(
+        ("cpu",),
+        "ONNX Runtime execution providers in order of preference, comma-separated: cpu, cuda, tensorrt.",
+        group="model",
+    )
+    tiny: bool = knob(
+        False,
+        "TESTS AND DEMOS ONLY: tiny SAM 2 (and MUSt3R and merger) with random weights, no checkpoints; masks are "
+        "meaningless.",
+        group="model",
+    )
+    seed: int = knob(0, "Seed of random weights.", min_value=0, group="model")
+    # ---- tracker: caps and memory
     max_objects: int = knob(
         16, "Most objects tracked at once; add_prompt for a new id beyond it is refused.", min_value=1, group="tracker"
     )
@@ -89,12 +159,6 @@ class TrackerConfig:
         "per-object official step to float32 rounding). false: one object at a time, bit for bit the official step.",
         group="tracker",
     )
-    compile: bool = knob(
-        False,
-        "torch.compile the image encoder (and the 3AM merger) with static shapes; CUDA graphs on a GPU. The first "
-        "frame then takes seconds to minutes.",
-        group="model",
-    )
     memory_policy: str = knob(
         "sam2",
         "Per-object memory selection: sam2 (the official rule), dam4sam (distractor-aware memory) or sam2long "
@@ -102,29 +166,36 @@ class TrackerConfig:
         choices=MEMORY_POLICIES,
         group="tracker",
     )
-    memory_policy_args: dict = dataclasses.field(default_factory=dict)  # hyperparameters of that policy
-    backend: str = knob(
-        "torch",
-        "Runtime of the per-frame modules: torch, or onnxruntime (the files threeam-export wrote, in model.onnx_dir); "
-        "prompts always run in PyTorch.",
-        choices=BACKENDS,
-        group="model",
+    memory_policy_args: dict = knob(
+        description="Hyperparameters of memory_policy that differ from the published ones, as a JSON object "
+        '(e.g. {"ram_stride": 3} for dam4sam); {}: the published ones.',
+        group="tracker",
+        default_factory=dict,
     )
-    onnx_dir: str | None = None  # folder written by threeam-export (backend onnxruntime)
-    onnx_providers: tuple[str, ...] = ("cpu",)  # ONNX Runtime execution providers: cpu, cuda, tensorrt
-    tiny: bool = False  # random tiny SAM 2 + MUSt3R + merger, for tests and CPU demos (masks are meaningless)
-    seed: int = 0  # seed of random weights
-    reid: str = "off"  # geometric re-id (threeam_model.reid): "off", "rgbd" (the caller, e.g. the ROS node, passes
-    # each frame's depth, K and pose: track(frame, geometry=CameraGeometry(...))) or "must3r" (RGB only; with
-    # method 3am the tracker's own MUSt3R output, FrameResult.scene, is reused)
-    reid_depth_scale: float = 1.0  # rgbd: metres per depth unit (0.001 for uint16 millimetre depth images)
-    reid_config: ReIDConfig = dataclasses.field(default_factory=lambda: _reid_config())  # its thresholds
+    # ---- geometric re-identification (threeam_model.reid)
+    reid: str = knob(
+        "off",
+        "Geometric re-identification: off, rgbd (the caller passes each frame's depth, K and pose: "
+        "track(frame, geometry=CameraGeometry(...))) or must3r (RGB only; with method 3am the tracker's own MUSt3R "
+        "output, FrameResult.scene, is reused).",
+        choices=REID_SOURCES,
+        group="reid",
+    )
+    reid_depth_scale: float = knob(
+        1.0,
+        "rgbd: metres per depth unit (0.001 for uint16 millimetre depth images).",
+        min_value=1e-12,
+        group="reid",
+    )
+    reid_config: ReIDConfig = dataclasses.field(default_factory=lambda: _reid_config())  # its thresholds: knobs too
 
     def __post_init__(self):
+        if self.method == "auto":
+            self.method = "3am" if self.threeam_checkpoint else "sam2"
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ValueError(f"method must be one of auto, {', '.join(METHODS)}, got {self.method!r}")
         if str(self.variant) not in VARIANT_ALIASES:
-            raise ValueError(f"unknown SAM 2.1 variant {self.variant!r}; use one of t, s, b+, l")
+            raise ValueError(f"unknown SAM 2.1 variant {self.variant!r}; use tiny, small, base_plus or large")
         self.variant = VARIANT_ALIASES[str(self.variant)]
         self.must3r = str(self.must3r)
         if self.must3r not in MUST3R_MODELS:
@@ -138,6 +209,10 @@ class TrackerConfig:
         if self.backend == "onnxruntime" and not self.onnx_dir:
             raise ValueError("backend onnxruntime needs onnx_dir: the folder threeam-export wrote")
         self.onnx_providers = tuple(self.onnx_providers)
+        if self.image_size == 0:  # the front ends' spelling of "the model's own"
+            self.image_size = None
+        if not isinstance(self.memory_policy_args, dict):
+            raise ValueError(f"memory_policy_args must be a mapping, got {self.memory_policy_args!r}")
 
         if self.memory_policy not in MEMORY_POLICIES:
             raise ValueError(f"memory_policy must be one of {MEMORY_POLICIES}, got {self.memory_policy!r}")

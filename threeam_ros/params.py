@@ -104,58 +104,8 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "input.qos_depth", 5, "Input queue depth. The node keeps only the newest frame whatever this is.", min_value=1
     ),
-    # ---- model
-    Param(
-        "model.method",
-        "auto",
-        "sam2: plain streaming SAM 2; 3am: SAM 2 + MUSt3R + Feature Merger; auto: 3am when "
-        "model.threeam_checkpoint is set, else sam2.",
-        choices=("auto", "sam2", "3am"),
-    ),
-    Param("model.variant", "tiny", "SAM 2.1 backbone size.", choices=("tiny", "small", "base_plus", "large")),
-    Param(
-        "model.sam2_checkpoint",
-        "auto",
-        "Official SAM 2.1 checkpoint (.pt) of model.variant: a path, auto (the weights folder, filled by "
-        "threeam-download-weights), or empty for random weights (timing only; a warning says so).",
-    ),
-    Param(
-        "model.threeam_checkpoint",
-        "",
-        "Path to a 3AM checkpoint (Feature Merger + fine-tuned heads). Empty: plain streaming SAM 2 with method "
-        "auto, an untrained merger with method 3am.",
-    ),
-    Param(
-        "model.must3r_checkpoint",
-        "auto",
-        "MUSt3R checkpoint for method 3am: a path, or auto (the weights folder).",
-    ),
-    Param(
-        "model.device",
-        "auto",
-        "Torch device: auto (cuda if available), cuda, cuda:N or cpu. A device this torch cannot use is refused "
-        "at configure.",
-        constraint="auto, cpu, cuda or cuda:N",
-    ),
-    Param(
-        "model.image_size",
-        1024,
-        "SAM 2 input resolution: 1024 (official) or 512 (faster); with random_weights_tiny any multiple of 32 (64).",
-        min_value=64,
-    ),
-    Param(
-        "model.random_weights_tiny",
-        False,
-        "TESTS AND DEMOS ONLY: a tiny SAM 2 with random weights, no checkpoint; its masks are meaningless.",
-    ),
-    Param("model.onnx_dir", "", "Folder written by threeam-export (model.backend onnxruntime)."),
-    Param(
-        "model.onnx_providers",
-        "cpu",
-        "ONNX Runtime execution providers in order of preference, comma-separated: cpu, cuda, tensorrt.",
-    ),
+    # ---- model: model.* (but these two) are derived from TrackerConfig's model knobs (MODEL_KNOBS, below)
     Param("model.cpu_threads", 0, "Torch CPU threads (0: torch's default).", min_value=0),
-    Param("model.seed", 0, "Seed for random weights (model.random_weights_tiny).", min_value=0),
     Param(
         "model.max_consecutive_faults",
         5,
@@ -163,8 +113,7 @@ PARAMS: tuple[Param, ...] = (
         "its error transition to unconfigured; a single failure costs only its frame.",
         min_value=1,
     ),
-    # ---- tracker caps and memory: tracker.* are derived from TrackerConfig's knobs (TRACKER_KNOBS, below), and so
-    # are model.must3r, model.dtype, model.compile and model.backend (MODEL_KNOBS)
+    # ---- tracker caps and memory: tracker.* are derived from TrackerConfig's tracker knobs (TRACKER_KNOBS, below)
     # ---- prompts without typing coordinates: clicks and discovery
     Param(
         "prompt.clicks",
@@ -340,7 +289,7 @@ def _knob_params(config_cls, prefix: str, group: str | None = None) -> tuple[Par
     from threeam_model.knobs import knobs_of
 
     return tuple(
-        Param(f"{prefix}.{k.name}", k.default, k.description, k.choices, False, k.min_value, k.max_value)
+        Param(f"{prefix}.{k.name}", k.front_default, k.description, k.choices, False, k.min_value, k.max_value)
         for k in knobs_of(config_cls, group)
     )
 
@@ -408,29 +357,18 @@ def unknown_names(names) -> list[str]:
 def tracker_config(cfg: dict):
     """Parameter values -> the threeam_model TrackerConfig the node builds its tracker from."""
     from threeam_model.factory import TrackerConfig
+    from threeam_model.knobs import knobs_of
 
-    tiny = cfg["model.random_weights_tiny"]
-    method = cfg["model.method"]
-    if method == "auto":
-        method = "3am" if cfg["model.threeam_checkpoint"] else "sam2"
-
-    def checkpoint(name: str) -> str | None:
-        return None if tiny else (cfg[name] or None)  # "" = none
-
+    # the node passes depth in metres (it converts by encoding), so reid_depth_scale keeps its default; reid is
+    # two parameters because reid.source (rgbd topics) also feeds objects3d when re-identification is off
     try:
+        values = {
+            k.name: k.from_front(cfg[f"{k.group}.{k.name}"]) for k in knobs_of(TrackerConfig) if k.group != "reid"
+        }
+        if values["tiny"]:  # tiny builds random SAM 2 and MUSt3R models; a tiny-trained 3AM checkpoint still loads
+            values.update(sam2_checkpoint=None, must3r_checkpoint=None)
         return TrackerConfig(
-            method=method,
-            variant=cfg["model.variant"],
-            image_size=cfg["model.image_size"],
-            sam2_checkpoint=checkpoint("model.sam2_checkpoint"),
-            must3r_checkpoint=checkpoint("model.must3r_checkpoint"),
-            threeam_checkpoint=checkpoint("model.threeam_checkpoint"),
-            device=cfg["model.device"],
-            **{p.name.split(".", 1)[1]: cfg[p.name] for p in MODEL_KNOBS + TRACKER_KNOBS},
-            onnx_dir=cfg["model.onnx_dir"] or None,
-            onnx_providers=tuple(p.strip() for p in cfg["model.onnx_providers"].split(",") if p.strip()),
-            tiny=tiny,
-            seed=cfg["model.seed"],
+            **values,
             reid=cfg["reid.source"] if cfg["reid.enabled"] else "off",
             reid_config=_reid_config({p.name.removeprefix("reid."): cfg[p.name] for p in REID_THRESHOLDS}),
         )

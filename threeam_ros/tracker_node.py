@@ -102,7 +102,8 @@ def load_session(cfg: dict, on_size_change) -> tuple[TrackingSession, str, bool]
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(f"cannot build the model: {exc}") from exc
     random = has_random_weights(config)
-    name = f"{config.describe()}{' RANDOM WEIGHTS' if random else ''} @{cfg['model.image_size']} {device} "
+    size = config.image_size or (64 if config.tiny else 1024)  # image_size None: the model's own
+    name = f"{config.describe()}{' RANDOM WEIGHTS' if random else ''} @{size} {device} "
     session = TrackingSession(tracker, frame_key=lambda header: _stamp_str(header.stamp), on_size_change=on_size_change)
     return session, name + cfg["model.dtype"], random
 
@@ -158,7 +159,7 @@ class TrackerNode(LifecycleNode):
             if random:
                 self.get_logger().warning(
                     f"!!! {self._model_name}: the model has RANDOM WEIGHTS, its masks are meaningless (tests, demos "
-                    "and timing only). Set model.random_weights_tiny false and model.sam2_checkpoint to a checkpoint "
+                    "and timing only). Set model.tiny false and model.sam2_checkpoint to a checkpoint "
                     "path or auto (run threeam-download-weights) for real tracking. !!!"
                 )
             if (self.cfg["reid.enabled"] or self.cfg["objects3d.enabled"]) and self.cfg["reid.source"] == "rgbd":

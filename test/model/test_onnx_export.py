@@ -197,7 +197,7 @@ def test_threeam_export_cli(tmp_path, capsys):
 
     assert main(["-o", str(tmp_path / "tiny"), "--tiny", "--object-batch", "1"]) == 0
     assert (tmp_path / "tiny" / "manifest.json").is_file() and "object batch 1" in capsys.readouterr().out
-    assert main(["-o", str(tmp_path / "x"), "--variant", "t", "--sam2-checkpoint", str(tmp_path / "no.pt")]) == 2
+    assert main(["-o", str(tmp_path / "x"), "--variant", "tiny", "--sam2-checkpoint", str(tmp_path / "no.pt")]) == 2
     # with the merger: the factory then runs 3AM's merger on ONNX Runtime too
     assert main(["-o", str(tmp_path / "3am"), "--tiny", "--merger-for", "64x48", "--object-batch", "1"]) == 0
     from threeam_model.export.runtime import OnnxMerger

@@ -180,7 +180,7 @@ def test_demo_with_rgbd_reid_gets_the_clips_exact_geometry(tmp_path, capsys, mon
 
 def test_missing_weights_give_a_loud_warning_and_random_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("THREEAM_WEIGHTS", str(tmp_path / "empty"))
-    args = cli.build_parser().parse_args(["clip.mp4", "--point", "1:1,1"])
+    args = cli.build_parser().parse_args(["clip.mp4", "--point", "1:1,1", "--method", "3am"])
     cfg, notes = cli.config_from_args(args)
     assert cfg.sam2_checkpoint is None and cfg.must3r_checkpoint is None and not cfg.tiny
     assert any("RANDOM WEIGHTS" in n and "threeam-download-weights" in n for n in notes)

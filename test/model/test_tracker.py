@@ -16,7 +16,7 @@ from threeam_model.streaming import MergedFeatures, SamFeatures, StreamingSAM2, 
 from threeam_model.streaming.engine import IMG_MEAN, IMG_STD
 from threeam_model.train.trainable import PAPER_LEARNING_RATES, trainable_parameter_groups
 
-TINY = TrackerConfig(tiny=True, seed=0)
+TINY = TrackerConfig(tiny=True, seed=0, method="3am")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_compiled_3am_agrees_with_eager(scene):
     """TrackerConfig(compile=True): the image encoder and the merger through torch.compile track like eager."""
     rgb, inst = scene["rgb"][:4], scene["instance"][:4]
     eager = build_tracker(TINY)
-    compiled = build_tracker(TrackerConfig(tiny=True, seed=0, compile=True))
+    compiled = build_tracker(TrackerConfig(tiny=True, seed=0, method="3am", compile=True))
     assert compiled.compile and compiled.features._merge is not compiled.features.merger
     ref, got = _run(eager, rgb, inst), _run(compiled, rgb, inst)
     for g, r in zip(got, ref, strict=True):

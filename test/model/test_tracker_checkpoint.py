@@ -10,7 +10,7 @@ from threeam_model import threeam_checkpoint as ckpt
 from threeam_model.factory import TrackerConfig, build_must3r_model, build_sam2_model, build_threeam, merger_config_for
 from threeam_model.merger import FeatureMerger, MergerConfig
 
-TINY = TrackerConfig(tiny=True, seed=0)
+TINY = TrackerConfig(tiny=True, seed=0, method="3am")
 
 
 def _trained(seed=1):

@@ -51,7 +51,9 @@ class RecordingDam4sam(Dam4samPolicy):
 @pytest.mark.parametrize("batch_objects", [False, True], ids=["per_object", "batched"])
 @pytest.mark.parametrize("run", ["box", "mask"])
 def test_dam4sam_equals_the_official_tracker(dam4sam_reference, run, batch_objects):
-    """Same weights, frames and initial mask: every frame's logits within 1e-4 of the official DAM4SAM tracker's,
+    """Same weights, frames and initial mask: every frame's logits within 1e-4 of the official DAM4SAM tracker's
+    (plus 1e-4 of their size: the references were recorded on another CPU, and an AVX-512 one rounds the attention
+    sums differently, measured up to 1.6e-4 at a logit of 1.9 on one frame), the same masks exactly,
     the same memory frames and pointers read in the same order, and the same DRM tests passed (none added)."""
     model, frames, outputs = dam4sam_reference
     ref = outputs[run]
@@ -64,7 +66,7 @@ def test_dam4sam_equals_the_official_tracker(dam4sam_reference, run, batch_objec
     first = tracker.add_prompt(1, mask=ref["init_mask"].numpy())
     logits = [first.mask_logits] + [tracker.track(frames[t]).objects[1].mask_logits for t in range(1, 64)]
     for t, (ours, theirs) in enumerate(zip(logits, video, strict=True)):
-        assert float(np.abs(ours - theirs).max()) <= 1e-4, f"frame {t}"
+        assert float((np.abs(ours - theirs) - 1e-4 * np.abs(theirs)).max()) <= 1e-4, f"frame {t}"
         assert np.array_equal(ours > 0, ref["pred_mask"][t].numpy()), f"frame {t}"
     for read in ref["memory_reads"]:
         got = policy.reads[read["frame"]]

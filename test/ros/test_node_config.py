@@ -129,7 +129,7 @@ def test_launch_description_builds_the_node_with_config_overrides_and_remappings
     assert node["parameters"] == [str(my_config), {"model.device": "cuda"}]  # empty arguments keep the YAML's
     assert ("image", "/camera/color/image_raw") in node["remappings"]
     opaque.kwargs["function"]({**context, "random_weights": "True"})
-    assert recorded["node"]["parameters"][1] == {"model.device": "cuda", "model.random_weights_tiny": True}
+    assert recorded["node"]["parameters"][1] == {"model.device": "cuda", "model.tiny": True}
     with pytest.raises(ValueError, match="random_weights must be true or false, got 'yes'"):
         opaque.kwargs["function"]({**context, "random_weights": "yes"})
     opaque.kwargs["function"]({**context, "autostart": "false"})  # the node stays unconfigured
@@ -158,7 +158,7 @@ def test_launch_description_builds_the_node_with_config_overrides_and_remappings
     [
         ("input.transport:=carrier_pigeon", "input.transport must be one of raw, compressed"),
         ("tracker.max_objects:=0", "tracker.max_objects must be >= 1"),
-        ("model.random_weights_tiny:=false", "threeam-download-weights"),
+        ("model.tiny:=false", "threeam-download-weights"),
         ("publish.label_encoding:=mono32", "publish.label_encoding must be one of mono16, mono8"),
         # torch would assert deep inside the model build; cuda:99 is unusable with or without a GPU here
         ("model.device:=cuda:99", "device 'cuda:99' is not usable"),

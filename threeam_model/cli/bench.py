@@ -20,11 +20,13 @@ import pathlib
 import sys
 
 from threeam_model.cli.common import method_record, tracker_config
+from threeam_model.cli.options import add_tracker_options
 from threeam_model.errors import UsageError
 from threeam_model.eval.protocols import PROTOCOLS, SubsetRule
 from threeam_model.eval.sequences import LAYOUTS, Thinned, open_sequences
 
 PROG = "threeam-bench"
+TRACKER_OWN = ("max_objects",)  # --max-objects is the protocol's (objects scored): the tracker keeps its cap
 TASKS = ("vos", "instances3d")
 
 
@@ -79,22 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-frames", type=int, default=None, help="at most N frames per sequence (after --stride)")
     t.add_argument("--max-side", type=int, default=None, help="downscale frames and labels to this longer side")
     m = p.add_argument_group("model")
-    m.add_argument("--method", default="3am", help="tracker: sam2 or 3am (see threeam_model.factory)")
     m.add_argument("--label", help="row label in the table (default: the method)")
-    m.add_argument("--variant", default="l", help="SAM 2.1 size: t, s, b+, l (default: l, as the paper)")
-    m.add_argument("--image-size", type=int, default=None, help="SAM 2 input size: 1024 (default) or 512")
-    m.add_argument("--must3r", choices=("224", "512"), default="512", help="MUSt3R release (default: 512)")
-    m.add_argument("--checkpoint", help="3AM checkpoint (merger + fine-tuned heads)")
-    m.add_argument("--sam2-checkpoint", default="auto", help="official SAM 2.1 .pt (default: from the weights folder)")
-    m.add_argument("--must3r-checkpoint", default="auto", help="official MUSt3R .pth (default: weights folder)")
+    # TrackerConfig's knobs (--method, --variant, ..., --memory-policy): the paper's 3AM is --method 3am
+    # --variant large with its checkpoint; --max-objects above is the protocol's, so the tracker keeps its cap
+    add_tracker_options(m, skip=TRACKER_OWN)
     m.add_argument("--random-weights", action="store_true", help="allow random weights (numbers are meaningless)")
-    m.add_argument("--tiny", action="store_true", help="tiny random models (tests and smoke runs only)")
-    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    m.add_argument("--seed", type=int, default=0, help="seed of random weights")
-    m.add_argument(
-        "--memory-policy", default="sam2", help="per-object memory: sam2 (default), dam4sam or sam2long (Table 6)"
-    )
     o = p.add_argument_group("output")
     o.add_argument("--no-boundary", action="store_true", help="skip DAVIS F (faster; J is always computed)")
     o.add_argument("--no-masks", action="store_true", help="do not write mask and label PNGs")
@@ -158,10 +149,10 @@ def _run(args) -> int:
         "max_side": args.max_side,
     }
 
-    cfg = tracker_config(args)
+    cfg = tracker_config(args, skip=TRACKER_OWN)
     if cfg.tiny or args.random_weights:
         print(f"{PROG}: RANDOM WEIGHTS ({cfg.describe()}): the numbers mean nothing", file=sys.stderr)
-    label = args.label or args.method
+    label = args.label or cfg.method
     with torch.inference_mode():
         tracker = build_tracker(cfg)
         results = run_benchmark(

@@ -11,26 +11,18 @@ import dataclasses
 from threeam_model.errors import UsageError
 
 
-def tracker_config(args):
-    """The TrackerConfig the arguments describe; missing weights are an error unless random ones are allowed."""
+def tracker_config(args, skip=()):
+    """The TrackerConfig the arguments describe (options from `options.add_tracker_options` with this skip, and
+    --random-weights); missing weights are an error unless random ones are allowed."""
+    from threeam_model.cli.options import tracker_values
     from threeam_model.factory import TrackerConfig, resolve_weights
 
-    common = dict(
-        method=args.method, device=args.device, dtype=args.dtype, seed=args.seed, memory_policy=args.memory_policy
-    )
-    if args.tiny:
-        return TrackerConfig(tiny=True, **common)
-    random = args.random_weights
-    cfg = TrackerConfig(
-        variant=args.variant,
-        image_size=args.image_size,
-        must3r=args.must3r,
-        sam2_checkpoint=None if random else args.sam2_checkpoint,
-        must3r_checkpoint=None if random else args.must3r_checkpoint,
-        threeam_checkpoint=args.checkpoint,
-        **common,
-    )
-    cfg, missing = resolve_weights(cfg)
+    values = tracker_values(args, skip)
+    if "method" in skip:
+        values["method"] = args.method
+    if args.random_weights:
+        values.update(sam2_checkpoint=None, must3r_checkpoint=None)
+    cfg, missing = resolve_weights(TrackerConfig(**values))
     if missing:
         raise UsageError(
             "official weights missing (benchmark numbers from random weights mean nothing):\n  "

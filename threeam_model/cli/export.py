@@ -1,9 +1,9 @@
 """threeam-export: SAM 2.1's per-frame path as ONNX files for the ONNX Runtime backend.
 
-    threeam-export -o onnx/t512 --variant t --image-size 512              # official weights from the weights folder
+    threeam-export -o onnx/t512 --variant tiny --image-size 512              # official weights from the weights folder
     threeam-export -o onnx/tiny --tiny                                     # tiny random model (tests, smoke runs)
-    threeam-export -o onnx/3am --variant l --checkpoint 3am.pt --merger-for 640x480   # + 3AM's merger for 640x480
-    threeam-track clip.mp4 -o out --box 1:10,10,90,90 --variant t --image-size 512 \
+    threeam-export -o onnx/3am --variant large --checkpoint 3am.pt --merger-for 640x480   # + 3AM's merger for 640x480
+    threeam-track clip.mp4 -o out --box 1:10,10,90,90 --variant tiny --image-size 512 \
         --backend onnxruntime --onnx onnx/t512
 
 Writes image_encoder.onnx, memory_attention.onnx, sam_heads.onnx, memory_encoder.onnx and manifest.json with static
@@ -21,27 +21,34 @@ import time
 import numpy as np
 import torch
 
+from threeam_model.cli.options import TRACKER_ALIASES, add_knob_options, knob_values
 from threeam_model.errors import ExportError
 from threeam_model.export.onnx_export import export_merger, export_sam2
 from threeam_model.factory import TrackerConfig, build_sam2_model, build_tracker, resolve_weights
+
+MODEL_KNOBS = (
+    "variant",
+    "image_size",
+    "sam2_checkpoint",
+    "must3r",
+    "must3r_checkpoint",
+    "threeam_checkpoint",
+    "tiny",
+    "seed",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="threeam-export", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", required=True, help="folder for the ONNX files and manifest.json")
-    p.add_argument("--variant", default="t", help="SAM 2.1 size: t, s, b+, l (default: t)")
-    p.add_argument("--image-size", type=int, default=None, help="SAM 2 input size: 1024 (default) or 512")
-    p.add_argument("--sam2-checkpoint", default="auto", help="official SAM 2.1 .pt (default: from the weights folder)")
+    # TrackerConfig's knobs of the model to export (MUSt3R and the 3AM checkpoint: with --merger-for)
+    add_knob_options(p, TrackerConfig, only=MODEL_KNOBS, aliases=TRACKER_ALIASES)
     p.add_argument("--random-weights", action="store_true", help="random weights (timing and tests only)")
-    p.add_argument("--tiny", action="store_true", help="tiny random model (tests, smoke runs)")
     p.add_argument("--object-batch", type=int, default=4, help="objects per batch in the files (default: 4)")
     p.add_argument("--memory-slots", type=int, default=None, help="spatial memory slots (default: 8 + num_maskmem - 1)")
     p.add_argument("--pointer-slots", type=int, default=None, help="object-pointer slots (default: 8 + 15)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--merger-for", metavar="WxH", help="also export 3AM's merger for frames of this size")
-    p.add_argument("--must3r", choices=("224", "512"), default="512", help="MUSt3R release (with --merger-for)")
-    p.add_argument("--must3r-checkpoint", default="auto", help="official MUSt3R .pth (with --merger-for)")
-    p.add_argument("--checkpoint", help="3AM checkpoint (trained merger + heads), with --merger-for")
     return p
 
 
@@ -62,21 +69,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         method = "3am" if args.merger_for else "sam2"
-        if args.tiny:
-            cfg = TrackerConfig(tiny=True, method=method, threeam_checkpoint=args.checkpoint)
-        else:
-            cfg = TrackerConfig(
-                method=method,
-                variant=args.variant,
-                image_size=args.image_size,
-                must3r=args.must3r,
-                sam2_checkpoint=None if args.random_weights else args.sam2_checkpoint,
-                must3r_checkpoint=None if args.random_weights else args.must3r_checkpoint,
-                threeam_checkpoint=args.checkpoint,
-            )
-            cfg, missing = resolve_weights(cfg)
-            if missing and not args.random_weights:
-                raise ExportError("; ".join(missing) + " (or pass --random-weights to export random weights)")
+        values = knob_values(args, TrackerConfig, only=MODEL_KNOBS)
+        if args.random_weights or args.tiny:
+            values.update(sam2_checkpoint=None, must3r_checkpoint=None)
+        cfg = TrackerConfig(method=method, device="cpu", **values)  # traced on the CPU: files for any provider
+        cfg, missing = resolve_weights(cfg)
+        if missing and not args.random_weights:
+            raise ExportError("; ".join(missing) + " (or pass --random-weights to export random weights)")
         t0 = time.perf_counter()
         if args.merger_for:
             tracker = build_tracker(cfg)

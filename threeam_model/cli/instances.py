@@ -51,22 +51,17 @@ def add_scene_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    from threeam_model.streaming.policies import MEMORY_POLICIES
+    from threeam_model.cli.options import add_tracker_options
 
     m = p.add_argument_group("model")
-    m.add_argument("--method", default="3am", help="tracker: 3am, sam2 or oracle (ground-truth masks)")
-    m.add_argument("--variant", default="l", help="SAM 2.1 size: t, s, b+, l (default: l)")
-    m.add_argument("--image-size", type=int, default=None, help="SAM 2 input size: 1024 (default) or 512")
-    m.add_argument("--must3r", choices=("224", "512"), default="512", help="MUSt3R release (default: 512)")
-    m.add_argument("--checkpoint", help="3AM checkpoint (merger + fine-tuned heads)")
-    m.add_argument("--sam2-checkpoint", default="auto", help="official SAM 2.1 .pt (default: from the weights folder)")
-    m.add_argument("--must3r-checkpoint", default="auto", help="official MUSt3R .pth (default: weights folder)")
-    m.add_argument("--memory-policy", choices=MEMORY_POLICIES, default="sam2", help="per-object memory (default: sam2)")
+    m.add_argument(
+        "--method",
+        choices=("auto", "sam2", "3am", "oracle"),
+        default="auto",
+        help="tracker: auto (3am with --checkpoint, else sam2), sam2, 3am, or oracle (ground-truth masks)",
+    )
+    add_tracker_options(m, skip=("method", "max_objects"))  # TrackerConfig's other knobs; max objects: --max-tracks
     m.add_argument("--random-weights", action="store_true", help="allow random weights (results are meaningless)")
-    m.add_argument("--tiny", action="store_true", help="tiny random models (tests and smoke runs only)")
-    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    m.add_argument("--seed", type=int, default=0, help="seed of random weights")
     m.add_argument("--max-tracks", type=int, default=32, help="tracks alive at once (the tracker's max objects)")
     m.add_argument(
         "--proposals",
@@ -174,9 +169,9 @@ def method_of(args):
         return ORACLE, {"method": ORACLE, "description": "ground-truth masks (oracle)"}
     from threeam_model.cli.common import method_record, tracker_config
 
-    cfg = tracker_config(args)
+    cfg = tracker_config(args, skip=("method", "max_objects"))
     cfg = dataclasses.replace(cfg, max_objects=args.max_tracks)
-    return cfg, method_record(cfg, args.method)
+    return cfg, method_record(cfg, cfg.method)
 
 
 def _random(method, args) -> bool:

@@ -22,13 +22,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from threeam_model.cli.options import add_knob_options, add_tracker_options, knob_values, tracker_values
 from threeam_model.data.labels_io import read_annotation, write_annotation
 from threeam_model.data.video import write_mp4
 from threeam_model.errors import ExportError, PromptError, TrackerInputError, UsageError
 from threeam_model.eval.protocols import bidirectional
 from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
 from threeam_model.interface import FrameResult
-from threeam_model.knobs import knobs_of
 from threeam_model.reid import ReIDConfig
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -380,7 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="threeam_output", help="output folder (default: %(default)s)")
     p.add_argument("--demo", action="store_true", help="track a generated synthetic clip, prompted from its truth")
     p.add_argument("--demo-frames", type=int, default=16, help="length of the demo clip (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="demo scene seed and random-weight seed")
     g = p.add_argument_group("prompts (on --frame)")
     g.add_argument("--frame", type=int, default=0, help="index of the prompted frame (default: 0)")
     g.add_argument("--point", action="append", metavar="OBJ:X,Y[:LABEL]", help="a click; label 1 (default) or 0")
@@ -393,33 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--direction", choices=("both", "forward", "backward"), default="both")
     m = p.add_argument_group("model")
-    m.add_argument("--method", choices=("3am", "sam2"), default="3am", help="3AM (default) or plain SAM 2")
-    m.add_argument("--variant", default=None, help="SAM 2.1 size: t, s, b+, l (default: t; demo: t)")
-    m.add_argument("--image-size", type=int, default=None, help="SAM 2 input size: 1024 or 512 (demo: 512)")
+    # TrackerConfig's knobs: --method, --variant, --image-size, --device, --dtype, --max-objects, --reid ... with
+    # its defaults; its must3r knob is --must3r here, since the demo defaults to 224
     m.add_argument("--must3r", choices=("224", "512"), default=None, help="MUSt3R release (default 512; demo 224)")
-    m.add_argument(
-        "--checkpoint",
-        help="3AM checkpoint (merger + fine-tuned heads); without it the merger is "
-        "untrained and 3AM gives exactly SAM 2's masks",
-    )
-    m.add_argument("--sam2-checkpoint", default="auto", help="official SAM 2.1 .pt (default: from the weights folder)")
-    m.add_argument(
-        "--must3r-checkpoint", default="auto", help="official MUSt3R .pth (default: from the weights folder)"
-    )
+    add_tracker_options(m, skip=("must3r",))
+    add_knob_options(m, TrackerConfig, groups=("reid",))  # --reid, --reid-depth-scale
     m.add_argument("--random-weights", action="store_true", help="do not look for weights: random ones")
-    m.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs; masks meaningless)")
-    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    # TrackerConfig's knobs: --dtype, --compile, --backend, --max-objects, --memory-policy, --batch-objects ...
-    # (its must3r knob is --must3r above: the demo defaults to 224)
-    add_knob_options(m, TrackerConfig, groups=("model", "tracker"), skip=("must3r",))
-    m.add_argument(
-        "--reid",
-        choices=("off", "rgbd", "must3r"),
-        default="off",
-        help="geometric re-identification: rgbd (the demo clip's exact depth and poses; --demo only) or must3r",
-    )
-    m.add_argument("--onnx", help="folder written by threeam-export (with --backend onnxruntime)")
-    m.add_argument("--onnx-providers", default="cpu", help="ONNX Runtime providers, comma list of cpu, cuda, tensorrt")
     m.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     add_knob_options(p.add_argument_group("geometric re-identification thresholds (with --reid)"), ReIDConfig, "reid")
     o = p.add_argument_group("output")
@@ -435,27 +413,6 @@ def _warn(msg: str) -> None:
     print(f"\n{bar}\n{msg}\n{bar}\n", file=sys.stderr)
 
 
-def add_knob_options(group, config_cls, prefix: str = "", groups=None, skip=()) -> None:
-    """One option per knob of a config dataclass (--<prefix>-<name>), with its default, choices and description;
-    groups: only the knobs of these groups; skip: knob names offered otherwise."""
-    for k in knobs_of(config_cls):
-        if (groups is not None and k.group not in groups) or k.name in skip:
-            continue
-        dest = f"{prefix}_{k.name}" if prefix else k.name
-        flag = "--" + dest.replace("_", "-")
-        if isinstance(k.default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=k.default, help=k.description)
-        else:
-            kind = type(k.default)
-            group.add_argument(flag, type=kind, choices=k.choices or None, default=k.default, help=k.description)
-
-
-def knob_values(args, config_cls, prefix: str = "", skip=()) -> dict:
-    """The values of a config dataclass's knobs from the options add_knob_options made (same prefix)."""
-    knobs = [k for k in knobs_of(config_cls) if k.name not in skip]
-    return {k.name: getattr(args, f"{prefix}_{k.name}" if prefix else k.name) for k in knobs}
-
-
 def reid_config_from_args(args) -> ReIDConfig:
     """The re-identification thresholds given as --reid-<name> (ReIDConfig's defaults where not given)."""
     return ReIDConfig(**knob_values(args, ReIDConfig, prefix="reid"))
@@ -464,30 +421,22 @@ def reid_config_from_args(args) -> ReIDConfig:
 def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
     """The tracker config the arguments ask for, and warnings to show (missing weights...)."""
     notes = []
-    variant = args.variant or "t"
-    image_size = args.image_size or (512 if args.demo else None)
+    values = tracker_values(args, skip=("must3r",)) | knob_values(args, TrackerConfig, groups=("reid",))
+    values["reid_config"] = reid_config_from_args(args)
+    if values["image_size"] is None and args.demo:
+        values["image_size"] = 512
     must3r = args.must3r or ("224" if args.demo else "512")
-    common = dict(
-        method=args.method,
-        device=args.device,
-        seed=args.seed,
-        **knob_values(args, TrackerConfig, skip=("must3r",)),
-        onnx_dir=args.onnx,
-        onnx_providers=tuple(args.onnx_providers.split(",")),
-        reid=args.reid,
-        reid_config=reid_config_from_args(args),
-    )
+    model = ("variant", "image_size", "sam2_checkpoint", "must3r_checkpoint", "threeam_checkpoint", "tiny")
+    common = {k: v for k, v in values.items() if k not in model}
     if args.tiny:
         return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]
-    sam2_ckpt = None if args.random_weights else args.sam2_checkpoint
-    must3r_ckpt = None if args.random_weights else args.must3r_checkpoint
     cfg = TrackerConfig(
-        variant=variant,
-        image_size=image_size,
+        variant=values["variant"],
+        image_size=values["image_size"],
         must3r=must3r,
-        sam2_checkpoint=sam2_ckpt,
-        must3r_checkpoint=must3r_ckpt,
-        threeam_checkpoint=args.checkpoint,
+        sam2_checkpoint=None if args.random_weights else values["sam2_checkpoint"],
+        must3r_checkpoint=None if args.random_weights else values["must3r_checkpoint"],
+        threeam_checkpoint=values["threeam_checkpoint"],
         **common,
     )
     cfg, missing = resolve_weights(cfg)

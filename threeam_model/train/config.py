@@ -1,4 +1,5 @@
-"""Training configuration: defaults (the paper's recipe), YAML files in training/configs/, and `a.b=value` overrides.
+"""Training configuration: defaults (the paper's recipe; the model section has the tracker's defaults, so the paper's
+model is in training/configs/3am_paper.yaml), YAML files in training/configs/, and `a.b=value` overrides.
 
 Every key has a default here; a YAML file or an override may only set keys that exist (a typo is an error).
 """
@@ -6,7 +7,6 @@ Every key has a default here; a YAML file or an override may only set keys that 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import pathlib
 import re
 
@@ -26,10 +26,32 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _tracker_default(name: str):
-    from threeam_model.factory import TrackerConfig
+# The model section is TrackerConfig's knobs that say which model is trained (threeam_model/knobs.py): the same
+# names and defaults as the node's model.* parameters and threeam-track's options. The tracker's runtime knobs have
+# training counterparts of their own (seed, train.device, train.amp_dtype); its caps and re-identification do not
+# apply to training.
+TRAINED_MODEL_KNOBS = (
+    "method",
+    "variant",
+    "image_size",
+    "must3r",
+    "sam2_checkpoint",
+    "must3r_checkpoint",
+    "threeam_checkpoint",  # a 3AM checkpoint to start from (merger + heads)
+    "tiny",
+    "must3r_max_keyframes",  # MUSt3R memory cap while the features are made
+)
+# but one default: training trains the merger, so method is 3am (auto would fine-tune plain SAM 2 unless a 3AM
+# checkpoint is given)
+TRAINING_DEFAULTS = {"method": "3am"}
 
-    return next(f.default for f in dataclasses.fields(TrackerConfig) if f.name == name)
+
+def _model_section() -> dict:
+    from threeam_model.factory import TrackerConfig
+    from threeam_model.knobs import knobs_of
+
+    section = {k.name: k.default for k in knobs_of(TrackerConfig) if k.name in TRAINED_MODEL_KNOBS}
+    return section | TRAINING_DEFAULTS
 
 
 def _yaml(text: str):
@@ -38,18 +60,7 @@ def _yaml(text: str):
 
 DEFAULTS: dict = {
     "seed": 0,
-    "model": {
-        "method": "3am",  # "3am" (merger + fine-tuned heads) or "sam2" (plain SAM 2 fine-tuning baseline)
-        "variant": "l",  # SAM 2.1 backbone (paper: large)
-        "image_size": None,  # SAM 2 input side (None: 1024, or 64 when tiny)
-        "must3r": _tracker_default("must3r"),
-        "sam2_checkpoint": "auto",
-        "must3r_checkpoint": "auto",
-        "init_checkpoint": None,  # a 3AM checkpoint to start from (merger + heads)
-        "tiny": False,  # random tiny models (CPU toy runs and tests)
-        # MUSt3R memory cap (images): the tracker's knob and default (TrackerConfig.must3r_max_keyframes)
-        "must3r_max_keyframes": _tracker_default("must3r_max_keyframes"),
-    },
+    "model": _model_section(),
     "data": {
         # list of {"type": synthetic | synthetic_dir | scannetpp | ase | mose, "weight": w, ...type options}
         "datasets": [

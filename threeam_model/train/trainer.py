@@ -13,7 +13,6 @@ clips and prompts and its loss curve continues the uninterrupted one bit for bit
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 import pathlib
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from threeam_model.data.sampling import FrameSampler
+from threeam_model.train.config import TRAINED_MODEL_KNOBS
 from threeam_model.train.data import ClipDataset, ResumableSampler
 from threeam_model.train.losses import LOSS_KEYS, LossWeights, video_losses
 from threeam_model.train.model_step import ThreeAMTrainModel, freeze_for_3am, mask_targets, sam2_input
@@ -76,40 +76,32 @@ class Trainer:
         from threeam_model import factory
 
         m = self.cfg["model"]
-        tracker_cfg = factory.TrackerConfig(
-            method=m["method"],
-            variant=m["variant"],
-            image_size=m["image_size"],
-            must3r=m["must3r"],
-            sam2_checkpoint=None if m["tiny"] else m["sam2_checkpoint"],
-            must3r_checkpoint=None if m["tiny"] else m["must3r_checkpoint"],
-            device=str(self.device),
-            tiny=m["tiny"],
-            seed=self.seed,
-        )
+        values = {name: m[name] for name in TRAINED_MODEL_KNOBS}
+        if m["tiny"]:
+            values.update(sam2_checkpoint=None, must3r_checkpoint=None)
+        tracker_cfg = factory.TrackerConfig(**values, device=str(self.device), seed=self.seed)
         merger = None
         self.must3r = None
-        if m["method"] == "3am":  # the tracker's assembly (factory.build_threeam), without the stream around it
+        if tracker_cfg.method == "3am":  # the tracker's assembly (factory.build_threeam), without the stream around it
             sam2, must3r_model, merger = factory.build_threeam_parts(tracker_cfg)
             must3r_model.eval().requires_grad_(False)
             self.must3r = must3r_model
             merger = merger.to(self.device)
             feat_layers = (0, *merger.cfg.merge_layers)
 
-            def stream_factory():  # training's memory cap (model.must3r_max_keyframes)
-                cfg = dataclasses.replace(tracker_cfg, must3r_max_keyframes=int(m["must3r_max_keyframes"]))
-                return factory.must3r_stream(must3r_model, cfg, feat_layers=feat_layers)
+            def stream_factory():  # with training's memory cap (model.must3r_max_keyframes)
+                return factory.must3r_stream(must3r_model, tracker_cfg, feat_layers=feat_layers)
 
             cache = self.cfg["must3r"]["cache_dir"] or self.out_dir / "must3r_cache"
             self.features = Must3rFeatures(stream_factory, cache, getattr(torch, self.cfg["must3r"]["cache_dtype"]))
         else:
             sam2 = factory.build_sam2_model(tracker_cfg)
-        if m["init_checkpoint"]:
+        if m["threeam_checkpoint"]:
             from threeam_model import threeam_checkpoint
 
             if merger is None:
-                raise ValueError("model.init_checkpoint is a 3AM checkpoint; it needs model.method=3am")
-            threeam_checkpoint.load_checkpoint(m["init_checkpoint"], merger, sam2)
+                raise ValueError("model.threeam_checkpoint is a 3AM checkpoint; it needs model.method=3am")
+            threeam_checkpoint.load_checkpoint(m["threeam_checkpoint"], merger, sam2)
         self.model = ThreeAMTrainModel(sam2, merger, PromptSchedule(**self.cfg["prompting"])).to(self.device)
         self.groups = freeze_for_3am(self.model, self.cfg["optim"]["lr"])
         self.model.train()
