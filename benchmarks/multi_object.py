@@ -14,7 +14,11 @@ FrameResult holds (label image, mask windows; no full-size logits unless asked).
 released ones (same shapes), but their masks are not object-sized: the tiny model's cover about a third of the
 frame each, all in one place. So a second table times the result composition alone on object-sized masks (SAM 2's
 256x256 low-res logits of 1 / 4 / 16 objects in a grid, each about 2% of the frame): the engine's sparse and dense
-composition against the old per-object host path (upsample, copy to the host, mask, box, label image by argmax).
+composition against the old per-object host path (upsample, copy to the host, mask, box, label image by argmax),
+and the sparse composition of masks like the random model's (16x16 logits, nearly equal, each over about a third
+of the frame, all overlapping), where it takes its line-segment way.
+"results held" counts the mask windows made so far: the line-segment way makes them on first access (of `mask`,
+`window`, `area`, `covers`), so there it is the label image alone.
 One CPU thread by default (--threads), so the ratios are not thread-scheduling noise.
 """
 
@@ -91,6 +95,13 @@ def object_sized_logits(n: int, low: int = 256) -> torch.Tensor:
     return torch.stack(maps)[:, None]
 
 
+def overlapping_logits(n: int, low: int = 16, seed: int = 0) -> torch.Tensor:
+    """(n, 1, low, low) logits like the tiny random model's: one shared random field plus 1e-3 noise per object, so
+    every mask covers the same half of the frame and the winner changes cell by cell."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(low, low, generator=g) + 1e-3 * torch.randn(n, low, low, generator=g))[:, None]
+
+
 def per_object_host(low_res: torch.Tensor, ids: list[int], scores: list[float], size: tuple[int, int]):
     """The old result path: each object upsampled and copied to the host alone, its mask and box found there, the
     label image by an argmax over the restacked maps."""
@@ -113,12 +124,14 @@ def compose_table(sizes: list[tuple[int, int]], counts: list[int], repeats: int 
         "sparse (engine, CPU)": compose_sparse,
         "dense (engine, GPU way)": compose_dense,
         "per-object host (before)": per_object_host,
+        "sparse, overlapping masks": compose_sparse,
     }
     for w, h in sizes:
         for name, compose in ways.items():
             base = None
             for n in counts:
-                low_res, ids = object_sized_logits(n), list(range(1, n + 1))
+                low_res = overlapping_logits(n) if name.endswith("overlapping masks") else object_sized_logits(n)
+                ids = list(range(1, n + 1))
                 scores = torch.full((n,), 0.9)
                 args = (low_res, ids, scores if compose is compose_dense else scores.tolist(), (h, w))
                 times = []

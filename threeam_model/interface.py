@@ -34,10 +34,12 @@ class ObjectResult:
 
     The mask is held as its bounding window (the rest of the frame is background), and the full-resolution logits
     are made only when `mask_logits` is read: a frame with many objects holds masks, boxes and scores, not
-    full-size float maps. `mask` and `mask_logits` are (H, W) arrays built on access.
+    full-size float maps. The window too may be made on first access (of `window`, `mask`, `area` or `covers`)
+    when the result was composed without it; the box is always exact. `mask` and `mask_logits` are (H, W) arrays
+    built on access.
     """
 
-    __slots__ = ("obj_id", "score", "box", "reacquired", "image_size", "_window", "_logits", "_logits_fn")
+    __slots__ = ("obj_id", "score", "box", "reacquired", "image_size", "_win", "_win_fn", "_logits", "_logits_fn")
 
     def __init__(
         self,
@@ -45,18 +47,20 @@ class ObjectResult:
         score: float,
         box: tuple[int, int, int, int] | None,
         image_size: tuple[int, int],
-        window: np.ndarray | None,
+        window,
         logits=None,
         reacquired: bool = False,
     ):
         """box: (x_min, y_min, x_max, y_max) inclusive pixel bounds, None if not visible; window: the bool mask
-        inside the box (None if not visible); logits: an (H, W) float32 array, or a callable that makes it."""
+        inside the box, or a callable that makes it (None if not visible); logits: an (H, W) float32 array, or a
+        callable that makes it."""
         self.obj_id = int(obj_id)
         self.score = float(score)  # object presence probability in [0, 1]
         self.box = box
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.reacquired = bool(reacquired)  # geometric re-identification re-prompted this object on this frame
-        self._window = window
+        self._win = None if callable(window) else window
+        self._win_fn = window if callable(window) else None
         self._logits = None if callable(logits) else logits
         self._logits_fn = logits if callable(logits) else None
 
@@ -79,7 +83,7 @@ class ObjectResult:
         mask = np.zeros(self.image_size, dtype=bool)
         if self.box is not None:
             x0, y0, x1, y1 = self.box
-            mask[y0 : y1 + 1, x0 : x1 + 1] = self._window
+            mask[y0 : y1 + 1, x0 : x1 + 1] = self.window
         return mask
 
     def covers(self, x: int, y: int) -> bool:
@@ -87,12 +91,18 @@ class ObjectResult:
         if self.box is None:
             return False
         x0, y0, x1, y1 = self.box
-        return x0 <= x <= x1 and y0 <= y <= y1 and bool(self._window[y - y0, x - x0])
+        return x0 <= x <= x1 and y0 <= y <= y1 and bool(self.window[y - y0, x - x0])
 
     @property
     def window(self) -> np.ndarray | None:
-        """The mask inside its box (box rows x box columns, bool); None when the mask is empty."""
-        return self._window
+        """The mask inside its box (box rows x box columns, bool); None when the mask is empty. Made on first
+        access where the result was composed without it."""
+        if self._win_fn is not None:
+            self._win = np.asarray(self._win_fn(), dtype=bool)
+            self._win_fn = None
+        return self._win
+
+    _window = window  # the name `FrameResult.label_image` reads
 
     @property
     def mask_logits(self) -> np.ndarray:
@@ -105,16 +115,19 @@ class ObjectResult:
     @property
     def area(self) -> int:
         """Mask pixels."""
-        return 0 if self._window is None else int(self._window.sum())
+        window = self.window
+        return 0 if window is None else int(window.sum())
 
     def with_reacquired(self) -> ObjectResult:
         """The same result marked as re-acquired by re-identification."""
+        window = self._win if self._win_fn is None else self._win_fn
         logits = self._logits if self._logits is not None else self._logits_fn
-        return ObjectResult(self.obj_id, self.score, self.box, self.image_size, self._window, logits, True)
+        return ObjectResult(self.obj_id, self.score, self.box, self.image_size, window, logits, True)
 
     def nbytes(self) -> int:
-        """Bytes this result holds in arrays (the window, and the full logits once they were asked for)."""
-        return sum(a.nbytes for a in (self._window, self._logits) if a is not None)
+        """Bytes this result holds in arrays: the window once it is made (at composition, or on first access where
+        it was composed without it), and the full logits once they were asked for."""
+        return sum(a.nbytes for a in (self._win, self._logits) if a is not None)
 
     def __repr__(self) -> str:
         return f"ObjectResult(obj_id={self.obj_id}, score={self.score:.3f}, box={self.box})"
