@@ -15,8 +15,6 @@ import dataclasses
 import json
 from typing import Any
 
-_NO_DEFAULT = object()
-
 
 @dataclasses.dataclass(frozen=True)
 class Knob:
@@ -62,7 +60,7 @@ class Knob:
 
 
 def knob(
-    default=_NO_DEFAULT,
+    default=dataclasses.MISSING,
     description: str = "",
     choices: tuple = (),
     min_value=None,
@@ -86,7 +84,9 @@ def knobs_of(cls, group: str | None = None) -> list[Knob]:
     for f in dataclasses.fields(cls):
         if "knob" in f.metadata:
             description, choices, low, high, where, none_as = f.metadata["knob"]
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            default = f.default
+            if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
             if group is None or where == group:
                 out.append(Knob(f.name, default, description, choices, low, high, where, none_as))
     return out

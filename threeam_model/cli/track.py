@@ -31,6 +31,7 @@ from threeam_model.factory import TrackerConfig, build_tracker, resolve_weights
 from threeam_model.interface import FrameResult
 from threeam_model.reid import ReIDConfig
 
+TINY_FIXED = ("variant", "image_size", "must3r", "sam2_checkpoint", "must3r_checkpoint", "threeam_checkpoint", "tiny")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PROG = "threeam-track"
 
@@ -425,20 +426,14 @@ def config_from_args(args) -> tuple[TrackerConfig, list[str]]:
     values["reid_config"] = reid_config_from_args(args)
     if values["image_size"] is None and args.demo:
         values["image_size"] = 512
-    must3r = args.must3r or ("224" if args.demo else "512")
-    model = ("variant", "image_size", "sam2_checkpoint", "must3r_checkpoint", "threeam_checkpoint", "tiny")
-    common = {k: v for k, v in values.items() if k not in model}
+    values["must3r"] = args.must3r or ("224" if args.demo else "512")
+    # the tiny random models have their own sizes and no checkpoints: built without these
+    common = {k: v for k, v in values.items() if k not in TINY_FIXED}
     if args.tiny:
         return TrackerConfig(tiny=True, **common), ["--tiny: tiny RANDOM models; the masks mean nothing"]
-    cfg = TrackerConfig(
-        variant=values["variant"],
-        image_size=values["image_size"],
-        must3r=must3r,
-        sam2_checkpoint=None if args.random_weights else values["sam2_checkpoint"],
-        must3r_checkpoint=None if args.random_weights else values["must3r_checkpoint"],
-        threeam_checkpoint=values["threeam_checkpoint"],
-        **common,
-    )
+    if args.random_weights:
+        values.update(sam2_checkpoint=None, must3r_checkpoint=None)
+    cfg = TrackerConfig(**values)
     cfg, missing = resolve_weights(cfg)
     if missing or args.random_weights:
         how = (

@@ -469,7 +469,7 @@ def _compose_lines(low_res, obj_ids, scores, size):
         box = boxes[distinct.index(rep[i])]
         window = None
         if box is None:  # the margins left a box edge open: the window path decides
-            box, window = _window_result(low[i], size)
+            box, window, _ = _window_values(low[i], size)
         elif box is False:
             box = None
         else:
@@ -478,22 +478,23 @@ def _compose_lines(low_res, obj_ids, scores, size):
     return labels, objects
 
 
-def _window_result(low: torch.Tensor, size: tuple[int, int]):
-    """(box, window) of one (h, w) map by the window path: upsampled over the window around its positive cells."""
-    box, window, _ = _window_values(low, size)
-    return box, window
+def _reach(positive: torch.Tensor, size: tuple[int, int]):
+    """The output rows and columns an (h, w) map's positive cells reach, as `_window` gives them ((o0, o1, i0, i1)
+    each), or None when no cell is positive."""
+    rows_on = positive.any(1).nonzero()
+    if not len(rows_on):
+        return None
+    cols_on = positive.any(0).nonzero()
+    (h, w), (H, W) = positive.shape, size
+    return _window(int(rows_on[0]), int(rows_on[-1]), h, H), _window(int(cols_on[0]), int(cols_on[-1]), w, W)
 
 
 def _window_values(low: torch.Tensor, size: tuple[int, int]):
     """(box, window, values inside the box) of one (h, w) map, or (None, None, None) for an empty mask."""
-    H, W = size
-    positive = low > 0
-    rows_on = positive.any(1).nonzero()
-    if not len(rows_on):
+    reach = _reach(low > 0, size)
+    if reach is None:
         return None, None, None
-    cols_on = positive.any(0).nonzero()
-    rows = _window(int(rows_on[0]), int(rows_on[-1]), low.shape[0], H)
-    cols = _column_window(*_window(int(cols_on[0]), int(cols_on[-1]), low.shape[1], W)[:2], W)
+    rows, cols = reach[0], _column_window(*reach[1][:2], size[1])
     values = _upsample_window(low, size, rows, cols)
     inside = values > 0
     flags = inside.view(torch.uint8)  # uint8 max is much faster than bool any on a CPU
@@ -510,14 +511,12 @@ def _lines_pay(low_res: torch.Tensor, size: tuple[int, int]) -> bool:
     """Is the line-segment way cheaper than upsampling each object over its window? (The window way costs about
     its windows' pixels; the line way a few frame passes plus work per low-res row, column and object.)"""
     H, W = size
-    n, _, h, w = low_res.shape
-    positive = low_res[:, 0] > 0
+    n, _, h, _ = low_res.shape
     windows = 0
     for i in range(n):
-        rows_on, cols_on = positive[i].any(1).nonzero(), positive[i].any(0).nonzero()
-        if len(rows_on):
-            y0, y1 = _window(int(rows_on[0]), int(rows_on[-1]), h, H)[:2]
-            x0, x1 = _window(int(cols_on[0]), int(cols_on[-1]), w, W)[:2]
+        reach = _reach(low_res[i, 0] > 0, size)
+        if reach is not None:
+            (y0, y1, _, _), (x0, x1, _, _) = reach
             windows += (y1 - y0) * (x1 - x0)
     return windows > _LINES_FRAMES * H * W + _LINES_PER_CELL * n * h * W
 
