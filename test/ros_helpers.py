@@ -247,6 +247,7 @@ class Client:
                     pytest.fail(f"the tracker node died while starting:\n{node_proc.log()[-4000:]}")
                 if time.monotonic() > deadline:
                     pytest.fail(f"service {name} never appeared")
+        self.probe_lifecycle(deadline)
         if match_image:
             wait_until(lambda: self.image_pub.get_subscription_count() >= 1, deadline - time.monotonic(), "image sub")
         for topic in ("labels",):
@@ -263,6 +264,27 @@ class Client:
                     pytest.fail(f"the tracker node died while starting:\n{node_proc.log()[-4000:]}")
                 if time.monotonic() > deadline:
                     pytest.fail(f"lifecycle service {name} never appeared")
+        self.probe_lifecycle(deadline)
+
+    def probe_lifecycle(self, deadline: float) -> None:
+        """Until both lifecycle services have answered a request that changes nothing.
+
+        wait_for_service sees the client's side of discovery only: a server that has not yet matched the client's
+        response reader drops its answer ("client will not receive response"), so a first transition sent right
+        after discovery can go unanswered although it ran. An unknown transition label is refused without a change.
+        """
+        from lifecycle_msgs.msg import Transition
+
+        probes = {"get_state": {}, "change_state": {"transition": Transition(label="probe_no_such_transition")}}
+        for service, fields in probes.items():
+            while True:
+                future = self.clients[service].call_async(self.types[service].Request(**fields))
+                done = threading.Event()
+                future.add_done_callback(lambda _, done=done: done.set())
+                if done.wait(2.0):
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"lifecycle service {service} never answered")
 
     def lifecycle_state(self) -> str:
         """The node's lifecycle state label: unconfigured, inactive, active, finalized."""
