@@ -1,7 +1,7 @@
 """Per-stage time of Must3rStream at 224 and 512 px and several memory caps (random weights unless --checkpoint).
 
     python benchmarks/must3r_stream.py                          # tiny model, 224 and 512, caps 10 / 20 / 32, CPU
-    python benchmarks/must3r_stream.py --sizes 512 --caps 32 --coverage kdtree,grid,official
+    python benchmarks/must3r_stream.py --sizes 512 --caps 32 --coverage morton,kdtree,grid,official
     python benchmarks/must3r_stream.py --model full --sizes 224 --caps 10 --frames 3
     python benchmarks/must3r_stream.py --checkpoint MUSt3R_512.pth --sizes 512 --device cuda --dtype bf16
     python benchmarks/must3r_stream.py --long 2000 --caps 16   # memory size and RSS over a long run
@@ -11,8 +11,9 @@ weights the keyframe scores mean nothing, so every frame is made a keyframe with
 case for the coverage index: it grows by a full image and evicts one on every frame); --official-policy keeps the
 official thresholds. Each configuration first fills the memory to its cap, then times --frames steps and prints
 the median ms of every stage (`Must3rFrame.timings`: device time on CUDA) and the coverage test's share of the
-decoder's time. Coverage indexes: kdtree (the CPU default), grid (the CUDA default, torch), official (scipy trees
-rebuilt from every memory point on every keyframe, as the official searcher does).
+decoder's time. Coverage indexes: morton (the CPU default, compiled), kdtree (scipy trees of the changed bins),
+grid (the CUDA default, torch), official (scipy trees rebuilt from every memory point on every keyframe, as the
+official searcher does).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def synthetic_frames(n: int, h: int, w: int, seed: int = 0):
 class OfficialRebuild:
     """The official searcher's cost, behind the coverage index interface: on every change, each bin's tree is
     rebuilt from all memory points (in insertion order); queries in pixel order. Same answers as KDTreeIndex."""
+
+    on_host = True
 
     def __init__(self, q: int = 2, images=None):
         self.q, self.num_bins = q, 2 * q * q
@@ -169,7 +172,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None, help="official .pth instead of random weights")
     p.add_argument("--sizes", default="224,512", help="MUSt3R input sizes (official tables)")
     p.add_argument("--caps", default="10,20,32", help="max_memory_images values")
-    p.add_argument("--coverage", default="auto", help="coverage indexes, comma separated: auto, kdtree, grid, official")
+    p.add_argument(
+        "--coverage", default="auto", help="coverage indexes, comma separated: auto, morton, kdtree, grid, official"
+    )
     p.add_argument("--frames", type=int, default=4, help="timed frames per configuration, after the memory is full")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")

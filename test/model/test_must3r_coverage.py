@@ -1,5 +1,6 @@
-"""The keyframe coverage test: the torch grid index against the official KD-tree searcher, from the nearest-point
-queries up to whole streams (decisions, memory, scores) on the official SLAM fixture and a 300-frame sweep."""
+"""The keyframe coverage test: the torch grid index and the compiled Morton index against the official KD-tree
+searcher, from the nearest-point queries up to whole streams (decisions, memory, scores) on the official SLAM
+fixture and a 300-frame sweep."""
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from threeam_model.must3r.keyframes import (
     direction_bin,
     overlap_score,
 )
+from threeam_model.must3r.morton_index import MortonIndex
 from threeam_model.must3r.stream import Must3rStream
 
 REL = 1e-5  # the agreement asked of scores (rel); distances agree to float32 rounding (~1e-7)
@@ -128,9 +130,9 @@ def test_overlap_score_equals_numpy_percentile():
             dist[rng.random(40) < 0.3] = np.inf  # unseen bins: float max, as officially
         if case == 2:
             valid[:] = False
-        score = float(
-            overlap_score(torch.from_numpy(dist), torch.from_numpy(depth)[None], torch.from_numpy(valid), params)
-        )
+        args = (torch.from_numpy(dist), torch.from_numpy(depth)[None], torch.from_numpy(valid), params)
+        score, selected = (float(overlap_score(*args, on_host=on_host)) for on_host in (False, True))
+        assert selected == score  # selected on the host or sorted: the same order statistics
         if not valid.any():
             assert score == 0.0
             continue
@@ -156,22 +158,25 @@ def run_stream(stream, frames):
     return out
 
 
-def assert_same_runs(grid, kdtree, streams):
-    for i, (g, k) in enumerate(zip(grid, kdtree, strict=True)):
-        assert g[0] == k[0] and g[2] == k[2] and g[3] == k[3], i
-        np.testing.assert_allclose(g[1], k[1], rtol=REL, err_msg=f"frame {i}")
-    a, b = streams["grid"], streams["kdtree"]  # the same memory and the same indexed points at the end
+INDEX_TYPES = {"grid": GridCoverage, "morton": MortonIndex, "kdtree": KDTreeIndex}
+
+
+def assert_same_runs(runs, streams, kind):
+    for i, (g, k) in enumerate(zip(runs[kind], runs["kdtree"], strict=True)):
+        assert g[0] == k[0] and g[2] == k[2] and g[3] == k[3], (kind, i)
+        np.testing.assert_allclose(g[1], k[1], rtol=REL, err_msg=f"{kind}, frame {i}")
+    a, b = streams[kind], streams["kdtree"]  # the same memory and the same indexed points at the end
     assert all(torch.equal(x, y) for x, y in zip(a.memory.values, b.memory.values))
     assert torch.equal(a.memory.labels, b.memory.labels) and a.memory.blocks == b.memory.blocks
     assert len(a.coverage) == len(b.coverage) and a.coverage.num_points == b.coverage.num_points
 
 
-def test_grid_index_reproduces_the_official_slam_run(ref_dir):
+def test_grid_and_morton_indexes_reproduce_the_official_slam_run(ref_dir):
     ref = torch.load(ref_dir / "tiny_kv_mlp_slam.pt", map_location="cpu", weights_only=True)
     p = ref["params"]
     frames = [f.numpy() for f in ref["frames_uint8"]]
     runs, streams = {}, {}
-    for kind in ("grid", "kdtree"):
+    for kind in INDEX_TYPES:
         streams[kind] = stream = Must3rStream(
             load_must3r(ref_dir / "tiny_kv_mlp.pth"),
             image_size=p["res"],
@@ -185,19 +190,21 @@ def test_grid_index_reproduces_the_official_slam_run(ref_dir):
             coverage=kind,
         )
         runs[kind] = run_stream(stream, frames)
-        assert isinstance(stream.coverage, GridCoverage if kind == "grid" else KDTreeIndex)
-    assert_same_runs(runs["grid"], runs["kdtree"], streams)
-    for (keyframe, scores, memory, tokens), rec in zip(runs["grid"], ref["per_frame"]):
-        assert keyframe == rec["iskeyframe"] and memory == list(rec["keyframes"]) and tokens == rec["mem_tokens"]
-        np.testing.assert_allclose(scores, rec["overlap_scores_this_call"], rtol=1e-4)
+        assert isinstance(stream.coverage, INDEX_TYPES[kind])
+    for kind in ("grid", "morton"):
+        assert_same_runs(runs, streams, kind)
+        for (keyframe, scores, memory, tokens), rec in zip(runs[kind], ref["per_frame"]):
+            assert keyframe == rec["iskeyframe"] and memory == list(rec["keyframes"])
+            assert tokens == rec["mem_tokens"]
+            np.testing.assert_allclose(scores, rec["overlap_scores_this_call"], rtol=1e-4)
 
 
 @pytest.mark.slow  # about a minute on a loaded 2-core machine: the grid path is meant for CUDA
-def test_grid_index_matches_the_kdtree_path_over_300_frames_with_evictions(ref_dir):
+def test_grid_and_morton_indexes_match_the_kdtree_path_over_300_frames_with_evictions(ref_dir):
     frames = panning_frames(300, 48, 64)
     cap, protected = 5, 2
     runs, streams = {}, {}
-    for kind in ("grid", "kdtree"):
+    for kind in INDEX_TYPES:
         streams[kind] = Must3rStream(
             load_must3r(ref_dir / "tiny_kv_mlp.pth"),
             image_size={4 / 3: (64, 48)},
@@ -208,7 +215,8 @@ def test_grid_index_matches_the_kdtree_path_over_300_frames_with_evictions(ref_d
             coverage=kind,
         )
         runs[kind] = run_stream(streams[kind], frames)
-    assert_same_runs(runs["grid"], runs["kdtree"], streams)
+    assert_same_runs(runs, streams, "grid")
+    assert_same_runs(runs, streams, "morton")
     keyframes = sum(r[0] for r in runs["kdtree"])
     assert 30 < keyframes < 270  # both decisions occur: the threshold sits inside this sweep's score range
     assert keyframes > 2 * cap and runs["kdtree"][-1][2][:protected] == [0, 1]  # the cap forced evictions

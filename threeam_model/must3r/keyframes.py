@@ -7,8 +7,10 @@ the score is a percentile of those distances. Keyframe <=> first frame, or score
 confidence > min_conf. Unlike the official code, the points are kept per memory image, so an image evicted from a
 capped memory also leaves the coverage index (the region it covered counts as unseen again).
 
-The nearest-point queries go through a `CoverageIndex`. Two implement it, with the same answers:
-- `KDTreeIndex`: the official searcher (scipy KD-trees per bin, numpy bins), the fastest on a CPU; see below.
+The nearest-point queries go through a `CoverageIndex`. Three implement it, with the same scores:
+- `morton_index.MortonIndex`: sorted cells in compiled loops on the host, exact where the score's percentile
+  depends on it (the CPU default; needs numba).
+- `KDTreeIndex`: the official searcher (scipy KD-trees per bin, numpy bins); see below.
 - `coverage.GridIndex`: torch on the stream's device, never reading from it (for CUDA).
 Everything else here is torch on the stream's device: the frame's points keep a fixed size (low-confidence ones
 are marked invalid rather than removed) and the score and the decision stay tensors until the stream reads them.
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from . import morton_index
 from .coverage import GridIndex, WindowBudget, direction_bins
 
 
@@ -51,6 +54,8 @@ class KeyframeParams:
 class CoverageIndex(Protocol):
     """The 3D points of the memory images, per direction bin, with nearest-point queries. Immutable."""
 
+    on_host: bool  # whether queries read the points to the host (then the score may be computed there too)
+
     def __len__(self) -> int:
         """Number of indexed images."""
 
@@ -58,10 +63,14 @@ class CoverageIndex(Protocol):
         """A new index without the images `drop` (ids) and with `add`: (image id, points (M, 3) world,
         valid (M,) bool, camera centre (3,)) each."""
 
-    def nearest(self, pts: torch.Tensor, valid: torch.Tensor, cam_center: torch.Tensor):
+    def nearest(self, pts: torch.Tensor, valid: torch.Tensor, cam_center: torch.Tensor, ranked=None):
         """Distance (Q,) to the nearest indexed point of the same direction bin (inf if that bin is empty; any
         value where not valid), a (Q,) bool mask of queries not answered exactly yet (or None), and a small
-        tensor of what the query needed (or None), to be passed to `learn` once it has been read."""
+        tensor of what the query needed (or None), to be passed to `learn` once it has been read.
+
+        ranked (`morton_index.Ranked`, optional): the caller reads only that percentile of distance / scale; an
+        index may then give, where that percentile does not depend on the exact value, an upper bound that ranks
+        below it."""
 
     def nearest_exact(self, pts, valid, cam_center, distances, unresolved) -> torch.Tensor:
         """`distances` with the `unresolved` queries answered exactly (may read from the device)."""
@@ -143,6 +152,8 @@ class KDTreeIndex:
     (benchmarks/must3r_stream.py).
     """
 
+    on_host = True
+
     def __init__(self, quadrant_divider: int = 2, _state=None):
         self.q = quadrant_divider
         self.num_bins = 2 * quadrant_divider**2
@@ -186,7 +197,7 @@ class KDTreeIndex:
             self._trees[b] = cached = (points, tree)
         return cached[1]
 
-    def nearest(self, pts: torch.Tensor, valid: torch.Tensor, cam_center: torch.Tensor):
+    def nearest(self, pts: torch.Tensor, valid: torch.Tensor, cam_center: torch.Tensor, ranked=None):
         pts_np = pts.detach().float().cpu().numpy().reshape(-1, 3)
         sel = np.flatnonzero(valid.detach().cpu().numpy().reshape(-1))
         dists = np.full(len(pts_np), np.inf)
@@ -213,6 +224,8 @@ class GridCoverage:
     """`coverage.GridIndex` behind the `CoverageIndex` interface: torch bins, the windowed strategy, and one
     `WindowBudget` shared by the versions of a stream's index."""
 
+    on_host = False
+
     def __init__(self, quadrant_divider: int = 2, device=None, _grid: GridIndex | None = None, _budget=None):
         self.q = quadrant_divider
         self.grid = _grid if _grid is not None else GridIndex(2 * quadrant_divider**2, device)
@@ -233,7 +246,7 @@ class GridCoverage:
         add = [(image, pts, self._bins(pts, valid, cam)) for image, pts, valid, cam in add]
         return GridCoverage(self.q, _grid=self.grid.updated(add, drop), _budget=self.budget)
 
-    def nearest(self, pts, valid, cam_center):
+    def nearest(self, pts, valid, cam_center, ranked=None):
         return self.grid.nearest(pts, self._bins(pts, valid, cam_center), "windowed", self.budget)
 
     def nearest_exact(self, pts, valid, cam_center, distances, unresolved) -> torch.Tensor:
@@ -243,15 +256,18 @@ class GridCoverage:
         self.budget.learn(needed)
 
 
-COVERAGE_INDEXES = ("auto", "kdtree", "grid")
+COVERAGE_INDEXES = ("auto", "morton", "kdtree", "grid")
 
 
 def coverage_index(kind: str, quadrant_divider: int, device: torch.device) -> CoverageIndex:
-    """An empty index: 'kdtree' (host, fastest on a CPU), 'grid' (device, no host reads), 'auto' (grid on CUDA)."""
+    """An empty index: 'morton' (host, compiled: the fastest on a CPU), 'kdtree' (host, scipy), 'grid' (device, no
+    host reads); 'auto': grid on CUDA, else morton (kdtree without numba)."""
     if kind not in COVERAGE_INDEXES:
         raise ValueError(f"coverage index must be one of {COVERAGE_INDEXES}, got {kind!r}")
     if kind == "auto":
-        kind = "grid" if device.type == "cuda" else "kdtree"
+        kind = "grid" if device.type == "cuda" else ("morton" if morton_index.available() else "kdtree")
+    if kind == "morton":
+        return morton_index.MortonIndex(quadrant_divider)
     return KDTreeIndex(quadrant_divider) if kind == "kdtree" else GridCoverage(quadrant_divider, device)
 
 
@@ -262,25 +278,41 @@ def coverage_points(pts3d: torch.Tensor, conf: torch.Tensor, params: KeyframePar
     return pts3d[::s, ::s].reshape(-1, 3), (conf[::s, ::s] > params.min_conf).reshape(-1)
 
 
+def score_scale(depth: torch.Tensor, params: KeyframeParams, eps: float = 1e-9) -> torch.Tensor:
+    """What each coverage point's distance is divided by: its depth (subsampled as the points) + eps, in float32
+    as numpy adds eps to a float32 depth."""
+    s = params.subsample
+    return depth[::s, ::s].reshape(-1).float() + eps
+
+
 def overlap_score(
-    distances: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, params: KeyframeParams, eps: float = 1e-9
+    distances: torch.Tensor,
+    depth: torch.Tensor,
+    valid: torch.Tensor,
+    params: KeyframeParams,
+    eps: float = 1e-9,
+    on_host: bool = False,
 ) -> torch.Tensor:
     """Percentile of the depth-normalised distances of the confident points to the memory points ('nn-norm'), as
     a 0-dim float64 tensor on the points' device.
 
     distances, valid (M,) as from `coverage_points` and an index; depth (H, W) camera z. A point in an unseen bin
     counts as float64 max (the official code puts np.finfo max there); no confident point gives 0. Linear
-    interpolation between order statistics, as np.percentile."""
-    s = params.subsample
-    depth = depth[::s, ::s].reshape(-1)
-    norm = distances.double() / (depth.float() + eps)  # float32 + eps, as numpy does it with a float32 depth
+    interpolation between order statistics, as np.percentile. on_host: select the two order
+    statistics on the host instead of sorting on the device (the same values; reads the count)."""
+    norm = distances.double() / score_scale(depth, params, eps)
     norm = torch.where(norm == torch.inf, torch.finfo(torch.float64).max, norm)
-    ordered = torch.where(valid, norm, torch.inf).sort().values  # the confident ones first
+    masked = torch.where(valid, norm, torch.inf)  # the confident ones first once ordered
     count = valid.sum()
     rank = (count - 1).clamp(min=0).double() * (params.percentile / 100.0)
     below = rank.floor().long().view(1)
     above = torch.minimum(below + 1, (count - 1).clamp(min=0).view(1))
-    a, b = ordered.index_select(0, below)[0], ordered.index_select(0, above)[0]
+    if on_host:  # the index read the points to the host anyway: select the two order statistics, no sort
+        picked = np.partition(masked.cpu().numpy(), [int(below), int(above)])
+        a, b = (torch.tensor(picked[int(k)], dtype=torch.float64) for k in (below, above))
+    else:
+        ordered = masked.sort().values
+        a, b = ordered.index_select(0, below)[0], ordered.index_select(0, above)[0]
     frac = rank - rank.floor()
     score = torch.where(frac >= 0.5, b - (b - a) * (1 - frac), a + (b - a) * frac)  # numpy's lerp, both halves
     return torch.where(count > 0, score, torch.zeros_like(score))

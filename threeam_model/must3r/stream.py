@@ -42,8 +42,10 @@ from .keyframes import (
     is_keyframe,
     median_confident,
     overlap_score,
+    score_scale,
 )
 from .model import Must3rModel
+from .morton_index import Ranked
 from .postprocess import estimate_focal, pinhole_rays, pose_matrix, postprocess, rigid_registration
 from .preprocess import Preprocessed, check_frame_array, preprocess_image, slam_preprocess
 
@@ -175,9 +177,10 @@ class Must3rStream:
         protected_images: never-evicted first memory images (default: num_init_frames, at most cap - 1).
         dtype: float32, or bfloat16/float16 to run the decoder under autocast (CUDA; the encoder stays float32 as
         in the official code).
-        coverage: the keyframe test's index: 'kdtree' (scipy on the host, the fastest on a CPU), 'grid' (torch on
-        the device, no host reads) or 'auto' (grid on CUDA, kdtree otherwise), all with the official answers; or
-        a callable returning an empty `keyframes.CoverageIndex`."""
+        coverage: the keyframe test's index: 'morton' (compiled on the host, the fastest on a CPU), 'kdtree'
+        (scipy on the host), 'grid' (torch on the device, no host reads) or 'auto' (grid on CUDA, morton otherwise,
+        kdtree without numba), all with the official scores; or a callable returning an empty
+        `keyframes.CoverageIndex`."""
         self.model = model.eval()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
@@ -336,8 +339,10 @@ class Must3rStream:
             clock.mark("pose")
             points, valid = coverage_points(out["pts3d"], out["conf"], self.params)
             cam_center = c2w[:3, 3]
-            distances, unresolved, needed = coverage.nearest(points, valid, cam_center)
-            score = overlap_score(distances, depth, valid, self.params)
+            # the score reads one percentile of distance / depth: an index may answer exactly only what decides it
+            ranked = Ranked(score_scale(depth, self.params), self.params.percentile)
+            distances, unresolved, needed = coverage.nearest(points, valid, cam_center, ranked)
+            score = overlap_score(distances, depth, valid, self.params, on_host=coverage.on_host)
             decided.append(
                 _Decided(
                     frame_idx,
