@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from threeam_model.must3r import keyframes, morton_index
-from threeam_model.must3r.keyframes import KDTreeIndex, KeyframeParams, coverage_index, overlap_score
-from threeam_model.must3r.morton_index import MortonIndex, Ranked
+from threeam_model.must3r.keyframes import KDTreeIndex, KeyframeParams, Ranked, coverage_index, overlap_score
+from threeam_model.must3r.morton_index import MortonIndex
 
 CAM = torch.tensor([0.1, -0.2, 0.05])
 

@@ -51,6 +51,15 @@ class KeyframeParams:
             raise ValueError(f"percentile must be in [0, 100], got {self.percentile}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    """What the caller reads of the distances: the `percentile` of distance / scale over the valid queries (the
+    order statistics either side of its rank, linearly interpolated, as np.percentile)."""
+
+    scale: torch.Tensor  # (Q,) the divisor of each query's distance (score_scale)
+    percentile: float
+
+
 class CoverageIndex(Protocol):
     """The 3D points of the memory images, per direction bin, with nearest-point queries. Immutable."""
 
@@ -68,7 +77,7 @@ class CoverageIndex(Protocol):
         value where not valid), a (Q,) bool mask of queries not answered exactly yet (or None), and a small
         tensor of what the query needed (or None), to be passed to `learn` once it has been read.
 
-        ranked (`morton_index.Ranked`, optional): the caller reads only that percentile of distance / scale; an
+        ranked (`Ranked`, optional): the caller reads only that percentile of distance / scale; an
         index may then give, where that percentile does not depend on the exact value, an upper bound that ranks
         below it."""
 

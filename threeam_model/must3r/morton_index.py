@@ -11,23 +11,26 @@ divided by depth, so only the queries that can decide that percentile need an ex
   key-order neighbours of the query's position and from the previous query's nearest point, then depth first
   through the cells the ball of the bound reaches, nearest child first, a cell split while it holds more than
   SPLIT_AT points. Distances in float64 from the stored float32 points, as scipy computes them: bit for bit.
-- Query, ranked (`Ranked`: the scale each distance is divided by, and the percentile): the bound of every query
-  first (cheap), then exact answers for the largest bounds until the top (100 - percentile)% of the exact values is
-  known to hold every query left out (each has a bound below the smallest of them). Those keep their bound, an
-  upper bound that ranks below the percentile, so the two order statistics the score interpolates, and hence the
-  score, are those of the exact distances. (Measured at 512x384, 32 memory images: about a third of the queries
-  need the exact search.)
+- Query, ranked (`keyframes.Ranked`: the scale each distance is divided by, and the percentile): the bound of
+  every query first (cheap), then exact answers for the largest bounds until the top (100 - percentile)% of the
+  exact values is known to hold every query left out (each has a bound below the smallest of them). Those keep
+  their bound, an upper bound that ranks below the percentile, so the two order statistics the score interpolates,
+  and hence the score, are those of the exact distances. (Measured at 512x384, 32 memory images: about a third of
+  the queries need the exact search.)
 
 numba compiles the loops on first use (about 5 s) and caches them on disk.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .keyframes import Ranked
 
 try:
     import numba
@@ -44,15 +47,6 @@ FIRST_ROUND = 1.25  # ranked queries: the first round answers this times the nee
 def available() -> bool:
     """Whether numba (and so this index) can be used."""
     return numba is not None
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranked:
-    """What the caller reads of the distances: the `percentile` of distance / scale over the valid queries (the
-    order statistics either side of its rank, linearly interpolated, as np.percentile)."""
-
-    scale: torch.Tensor  # (Q,) the divisor of each query's distance (keyframes.score_scale)
-    percentile: float
 
 
 def _jit(fn):

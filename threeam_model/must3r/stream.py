@@ -37,6 +37,7 @@ import torch
 from .decoder import Must3rMemory
 from .keyframes import (
     KeyframeParams,
+    Ranked,
     coverage_index,
     coverage_points,
     is_keyframe,
@@ -45,7 +46,6 @@ from .keyframes import (
     score_scale,
 )
 from .model import Must3rModel
-from .morton_index import Ranked
 from .postprocess import estimate_focal, pinhole_rays, pose_matrix, postprocess, rigid_registration
 from .preprocess import Preprocessed, check_frame_array, preprocess_image, slam_preprocess
 
