@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 SPLIT_AT = 48  # ragged: a visited cell holding more points than this is split into its children (if it has any)
@@ -66,6 +67,14 @@ class WindowBudget:
         # headroom: the next frame may well need twice as many splits, or one round more
         self.rounds = min(self.max_rounds, max(rounds_needed, 1 if crowded else 0) + 2)
         self.splits = max(256, 4 * max(peak, crowded))
+
+
+def direction_bin(rays: np.ndarray, q: int, eps: float = 1e-5) -> np.ndarray:
+    """Bin index in [0, 2q^2) of each direction (N, 3): theta = acos(z) in q bins, phi = atan2(y, x) in 2q bins."""
+    rays = rays / np.linalg.norm(rays, axis=-1, keepdims=True).clip(eps)
+    theta = (np.arccos(rays[:, 2]) / np.pi).clip(eps, 1 - eps)
+    phi = (np.arctan2(rays[:, 1], rays[:, 0]) / np.pi).clip(-1 + eps, 1 - eps)
+    return (np.floor(theta * q).astype(int) + (np.floor(phi * q).astype(int) + q) * q).astype(int)
 
 
 def direction_bins(rays: torch.Tensor, q: int, eps: float = 1e-5) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from . import morton_index
-from .coverage import GridIndex, WindowBudget, direction_bins
+from .coverage import GridIndex, WindowBudget, direction_bin, direction_bins
 
 
 @dataclasses.dataclass
@@ -89,14 +89,6 @@ class CoverageIndex(Protocol):
 
 
 # ------------------------------------------------------------------------------------------- official searcher
-def direction_bin(rays: np.ndarray, q: int, eps: float = 1e-5) -> np.ndarray:
-    """Bin index in [0, 2q^2) of each direction (N, 3): theta = acos(z) in q bins, phi = atan2(y, x) in 2q bins."""
-    rays = rays / np.linalg.norm(rays, axis=-1, keepdims=True).clip(eps)
-    theta = (np.arccos(rays[:, 2]) / np.pi).clip(eps, 1 - eps)
-    phi = (np.arctan2(rays[:, 1], rays[:, 0]) / np.pi).clip(-1 + eps, 1 - eps)
-    return (np.floor(theta * q).astype(int) + (np.floor(phi * q).astype(int) + q) * q).astype(int)
-
-
 # Morton code of a 1024^3 grid (30 bits): _SPREAD_10[v] spreads the 10 bits of v three apart
 _SPREAD_10 = np.array([sum(((v >> b) & 1) << (3 * b) for b in range(10)) for v in range(1024)], dtype=np.uint32)
 

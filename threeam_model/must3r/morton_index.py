@@ -24,13 +24,11 @@ numba compiles the loops on first use (about 5 s) and caches them on disk.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from .keyframes import Ranked
+from .coverage import direction_bin
 
 try:
     import numba
@@ -328,8 +326,6 @@ class MortonIndex:
         return int(self.keys.shape[0])
 
     def _bins(self, pts: np.ndarray, cam_center: torch.Tensor) -> np.ndarray:
-        from .keyframes import direction_bin  # the official numpy bins, as the KD-tree index uses them
-
         return direction_bin(pts - cam_center.detach().float().cpu().numpy()[None], self.q)
 
     def _make_grid(self, pts: np.ndarray) -> tuple[np.ndarray, float]:
@@ -384,7 +380,7 @@ class MortonIndex:
         self._last = (pts, valid, cam_center, grid, prepared)
         return prepared
 
-    def nearest(self, pts: torch.Tensor, valid: torch.Tensor, cam_center: torch.Tensor, ranked: Ranked | None = None):
+    def nearest(self, pts: torch.Tensor, valid: torch.Tensor, cam_center: torch.Tensor, ranked=None):
         d2 = np.full(pts.reshape(-1, 3).shape[0], np.inf)
         if self.grid is not None and self.num_points:
             # in key order, each search starts near the last one's answer
@@ -398,7 +394,7 @@ class MortonIndex:
         return torch.from_numpy(np.sqrt(d2)).to(pts.device), None, None
 
     @staticmethod
-    def _ranked(args, grid, rows, d2, ranked: Ranked) -> None:
+    def _ranked(args, grid, rows, d2, ranked) -> None:
         """d2 exact where the percentile of sqrt(d2) / scale over `rows` depends on it, an upper bound elsewhere."""
         _nearest(*args, rows, *grid, False, SPLIT_AT, d2)  # bounds of all
         scale = ranked.scale.detach().double().cpu().numpy().reshape(-1)[rows]
