@@ -169,6 +169,13 @@ def running_node(
         assert code == 0, f"the node exited with {code}"
 
 
+def _answered(future, timeout: float) -> bool:
+    """Whether a service call's future completes within `timeout` seconds (the client's executor spins it)."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    return done.wait(timeout)
+
+
 class Client:
     """The test-side node: publishes camera frames, calls the tracker's services, records its outputs."""
 
@@ -277,12 +284,7 @@ class Client:
 
         probes = {"get_state": {}, "change_state": {"transition": Transition(label="probe_no_such_transition")}}
         for service, fields in probes.items():
-            while True:
-                future = self.clients[service].call_async(self.types[service].Request(**fields))
-                done = threading.Event()
-                future.add_done_callback(lambda _, done=done: done.set())
-                if done.wait(2.0):
-                    break
+            while not _answered(self.clients[service].call_async(self.types[service].Request(**fields)), 2.0):
                 if time.monotonic() > deadline:
                     pytest.fail(f"lifecycle service {service} never answered")
 
@@ -303,9 +305,7 @@ class Client:
 
     def call_request(self, service: str, request, timeout: float = 30.0):
         future = self.clients[service].call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout):
+        if not _answered(future, timeout):
             pytest.fail(f"service {service} did not answer within {timeout} s")
         return future.result()
 

@@ -88,6 +88,14 @@ def direction_bins(rays: torch.Tensor, q: int, eps: float = 1e-5) -> torch.Tenso
     return torch.floor(theta * q).long() + (torch.floor(phi * q).long() + q) * q
 
 
+def key_axis_bits(num_bins: int) -> int:
+    """Bits per axis of the Morton code in a 63-bit key whose high bits hold the bin (num_bins marks invalid)."""
+    axis_bits = min(19, (63 - num_bins.bit_length()) // 3)
+    if axis_bits < 8:
+        raise ValueError(f"{num_bins} direction bins leave too few key bits for the grid")
+    return axis_bits
+
+
 def _spread_bits(x: torch.Tensor) -> torch.Tensor:
     """Insert two zero bits between the low 21 bits of x (int64): one axis of a 3D Morton code."""
     x = x & 0x1FFFFF
@@ -122,10 +130,7 @@ class GridIndex:
     def __init__(self, num_bins: int, device=None, _state=None):
         self.num_bins = num_bins
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        bin_bits = num_bins.bit_length()  # num_bins itself marks invalid points
-        self.axis_bits = min(19, (63 - bin_bits) // 3)
-        if self.axis_bits < 8:
-            raise ValueError(f"{num_bins} direction bins leave too few key bits for the grid")
+        self.axis_bits = key_axis_bits(num_bins)
         self.max_cell = (1 << self.axis_bits) - 1
         if _state is None:
             self.keys = torch.zeros(0, dtype=torch.int64, device=self.device)

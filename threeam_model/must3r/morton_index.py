@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from .coverage import direction_bin
+from .coverage import LEVEL0_PER_EXTENT, direction_bin, key_axis_bits
 
 try:
     import numba
@@ -36,7 +36,6 @@ except ImportError:  # the index is then unavailable; keyframes.coverage_index f
     numba = None
 
 SPLIT_AT = 64  # a visited cell holding more points than this is split into its children (measured: 16-128 similar)
-LEVEL0_PER_EXTENT = 4096  # the first image's extent spans this many level-0 cells (as GridIndex)
 NEIGHBOURS = 16  # key-order neighbours on each side that give the first bound
 SLACK = 1 + 1e-6  # a cell is skipped only when its box is farther than this times the bound (rounding of the box)
 FIRST_ROUND = 1.25  # ranked queries: the first round answers this times the needed count, by largest bound
@@ -309,9 +308,7 @@ class MortonIndex:
             raise ImportError("the Morton coverage index needs numba (pip install numba); or use coverage='kdtree'")
         self.q = quadrant_divider
         self.num_bins = 2 * quadrant_divider**2
-        self.axis_bits = min(19, (63 - self.num_bins.bit_length()) // 3)
-        if self.axis_bits < 8:
-            raise ValueError(f"{self.num_bins} direction bins leave too few key bits for the grid")
+        self.axis_bits = key_axis_bits(self.num_bins)
         if _state is None:
             _state = (np.zeros(0, np.int64), np.zeros((0, 3), np.float32), np.zeros(0, np.int16), {}, None)
         # sorted keys, their points and slots; image id -> (slot, points); (origin (3,), level-0 cell) float64
@@ -343,6 +340,7 @@ class MortonIndex:
         dropped = np.zeros(size, np.bool_)
         for image in drop:
             dropped[self.images[image][0]] = True
+        kept = len(keys) - sum(self.images[i][1] for i in drop)  # what the first merge keeps
         for image, pts, valid, cam_center in add:
             if image in images:
                 raise ValueError(f"image {image} is already indexed")
@@ -355,11 +353,10 @@ class MortonIndex:
                 continue
             pts_np, _, pts_keys, rows = self._prepared(pts, valid, cam_center, grid)
             images[image] = (slot, len(rows))
-            kept = len(keys) - sum(self.images[i][1] for i in drop) if dropped.any() else len(keys)
             keys, xyz, slots = _merge(keys, xyz, slots, dropped, kept, pts_keys[rows], pts_np[rows], slot)
             dropped[:] = False  # dropped once
+            kept = len(keys)
         if dropped.any():
-            kept = len(keys) - sum(self.images[i][1] for i in drop)
             keys, xyz, slots = _merge(keys, xyz, slots, dropped, kept, keys[:0], xyz[:0], 0)
         return MortonIndex(self.q, (keys, xyz, slots, images, grid))
 
